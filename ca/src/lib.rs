@@ -8,7 +8,7 @@ mod ssh;
 
 pub use error::CaError;
 pub use ssh::{
-    CertPurpose, HostCertRequest, SshCa, UserCertRequest, fingerprint, generate_ed25519,
+    BACKDATE, CertPurpose, HostCertRequest, MAX_SESSION_CERT_TTL, SshCa, UserCertRequest, fingerprint, generate_ed25519,
     parse_public_key, public_key_line,
 };
 

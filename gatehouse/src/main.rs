@@ -1,1 +1,103 @@
-fn main() {}
+//! `gatehouse`: the server (`gatehouse serve`) and the admin CLI, which is a
+//! client of the server's HTTP API.
+#![forbid(unsafe_code)]
+
+mod api;
+mod cli;
+mod client;
+mod fmt;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, about = "SSH bastion and just-in-time session broker for humans and AI agents")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every client command shares.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The Gatehouse HTTP API.
+    #[arg(long, global = true, env = "GATEHOUSE_URL", default_value = "http://127.0.0.1:8420")]
+    url: String,
+    /// Data directory (server state; the CLI reads admin.token from it).
+    #[arg(long, global = true, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bastion (SSH) and the control plane (HTTP API, MCP).
+    Serve(serve::ServeArgs),
+    /// Certificate authority public keys.
+    Ca {
+        #[command(subcommand)]
+        cmd: cli::CaCmd,
+    },
+    /// Human users and their SSH keys.
+    User {
+        #[command(subcommand)]
+        cmd: cli::UserCmd,
+    },
+    /// Target hosts.
+    Host {
+        #[command(subcommand)]
+        cmd: cli::HostCmd,
+    },
+    /// Admin-made grants.
+    Grant {
+        #[command(subcommand)]
+        cmd: cli::GrantCmd,
+    },
+    /// Live and past sessions.
+    Sessions {
+        #[command(subcommand)]
+        cmd: cli::SessionsCmd,
+    },
+    /// Session recordings (asciicast v2).
+    Recordings {
+        #[command(subcommand)]
+        cmd: cli::RecordingsCmd,
+    },
+    /// Query the audit log.
+    Audit(cli::AuditArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args, &cli.global).await,
+            Command::Ca { cmd } => cli::ca(&cli.global, cmd).await,
+            Command::User { cmd } => cli::user(&cli.global, cmd).await,
+            Command::Host { cmd } => cli::host(&cli.global, cmd).await,
+            Command::Grant { cmd } => cli::grant(&cli.global, cmd).await,
+            Command::Sessions { cmd } => cli::sessions(&cli.global, cmd).await,
+            Command::Recordings { cmd } => cli::recordings(&cli.global, cmd).await,
+            Command::Audit(args) => cli::audit(&cli.global, args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line, never a backtrace.
+            let msg = format!("{e:#}");
+            eprintln!("gatehouse: {}", msg.lines().next().unwrap_or("error"));
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The broker's key material at rest: the SSH user CA, the SSH host CA and
+//! the bastion's host key, each sealed (ChaCha20-Poly1305) under a master key
+//! and kept in `<data-dir>/keys/` with mode 0600. Nothing here is ever logged
+//! or returned by an API; only public halves leave this module.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use gatehouse_ca::SshCa;
+use gatehouse_ca::ssh_key::PrivateKey;
+use rand::RngExt;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use zeroize::Zeroizing;
+
+use crate::error::{BrokerError, Result};
+
+const SEALED_HEADER: &str = "gatehouse-sealed-v1";
+
+/// The 32-byte key every stored private key is sealed under.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// Where the master key comes from.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// A file holding 64 hex digits.
+    File(PathBuf),
+    /// The value itself (from `GATEHOUSE_MASTER_KEY`).
+    Value(Zeroizing<String>),
+    /// `<data-dir>/master.key`, generated on first start.
+    DataDir,
+}
+
+impl MasterKey {
+    fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| BrokerError::Invalid("master key must be 64 hex digits (32 bytes)".into()))?;
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&bytes);
+        Ok(Self(k))
+    }
+
+    /// Resolve the master key. Generates `<data-dir>/master.key` only when no
+    /// key was given *and* nothing sealed exists yet; a missing key for
+    /// existing sealed keys is an error, never a silent new CA.
+    pub fn load(source: &MasterKeySource, data_dir: &Path) -> Result<(Self, bool)> {
+        match source {
+            MasterKeySource::File(p) => {
+                let text = Zeroizing::new(fs::read_to_string(p).map_err(|e| {
+                    BrokerError::Io(format!("cannot read master key file {}: {e}", p.display()))
+                })?);
+                Ok((Self::parse(&text)?, false))
+            }
+            MasterKeySource::Value(v) => Ok((Self::parse(v)?, false)),
+            MasterKeySource::DataDir => {
+                let path = data_dir.join("master.key");
+                if path.exists() {
+                    let text = Zeroizing::new(fs::read_to_string(&path)?);
+                    return Ok((Self::parse(&text)?, false));
+                }
+                if keys_dir(data_dir).join(USER_CA_FILE).exists() {
+                    return Err(BrokerError::Invalid(format!(
+                        "the data dir holds sealed keys but no master key was given \
+                         (--master-key-file, GATEHOUSE_MASTER_KEY, or {})",
+                        path.display()
+                    )));
+                }
+                let mut k = Zeroizing::new([0u8; 32]);
+                rand::rng().fill(&mut k[..]);
+                let hex = Zeroizing::new(hex::encode(&k[..]));
+                write_private(&path, hex.as_bytes())?;
+                Ok((Self(k), true))
+            }
+        }
+    }
+
+    fn aead(&self) -> Result<LessSafeKey> {
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &self.0[..])
+            .map_err(|_| BrokerError::Internal("bad master key length".into()))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    /// Seal `plain`, binding it to `label` (so sealed files cannot be swapped).
+    pub fn seal(&self, label: &str, plain: &[u8]) -> Result<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill(&mut nonce[..]);
+        let mut buf = Zeroizing::new(plain.to_vec());
+        self.aead()?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(label.as_bytes()), &mut *buf)
+            .map_err(|_| BrokerError::Internal("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(format!("{SEALED_HEADER}\n{}\n", B64.encode(out)))
+    }
+
+    /// Open what [`MasterKey::seal`] produced.
+    pub fn open(&self, label: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>> {
+        let wrong = || {
+            BrokerError::Invalid(format!(
+                "cannot unseal {label}: wrong master key, or the file was altered"
+            ))
+        };
+        let body = sealed
+            .strip_prefix(SEALED_HEADER)
+            .map(str::trim)
+            .ok_or_else(|| BrokerError::Invalid(format!("{label} is not a sealed key file")))?;
+        let raw = B64.decode(body).map_err(|_| wrong())?;
+        if raw.len() < NONCE_LEN + 16 {
+            return Err(wrong());
+        }
+        let (nonce, ct) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let plain_len = self
+            .aead()?
+            .open_in_place(nonce, Aad::from(label.as_bytes()), &mut *buf)
+            .map_err(|_| wrong())?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+const USER_CA_FILE: &str = "ssh_user_ca.sealed";
+const HOST_CA_FILE: &str = "ssh_host_ca.sealed";
+const BASTION_KEY_FILE: &str = "bastion_host_ed25519.sealed";
+/// Public half of the bastion host key, for operators and test harnesses.
+pub const BASTION_PUB_FILE: &str = "bastion_host_ed25519.pub";
+
+pub fn keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+/// The broker's private keys, in memory only.
+pub struct KeyStore {
+    pub user_ca: SshCa,
+    pub host_ca: SshCa,
+    pub bastion_key: PrivateKey,
+    /// True when this start created the keys.
+    pub created: bool,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("user_ca", &self.user_ca)
+            .field("host_ca", &self.host_ca)
+            .field("bastion_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl KeyStore {
+    /// Load the sealed keys, creating any that do not exist yet.
+    pub fn load_or_create(data_dir: &Path, master: &MasterKey) -> Result<Self> {
+        let dir = keys_dir(data_dir);
+        create_private_dir(&dir)?;
+        let mut created = false;
+        let user_ca = load_or_create_ca(&dir.join(USER_CA_FILE), "ssh user CA", master, &mut created)?;
+        let host_ca = load_or_create_ca(&dir.join(HOST_CA_FILE), "ssh host CA", master, &mut created)?;
+        let bastion = load_or_create_ca(&dir.join(BASTION_KEY_FILE), "bastion host key", master, &mut created)?;
+        let bastion_key = bastion.private_key().clone();
+        let pub_line = gatehouse_ca::public_key_line(bastion_key.public_key(), "gatehouse-bastion");
+        fs::write(dir.join(BASTION_PUB_FILE), format!("{pub_line}\n"))?;
+        Ok(Self { user_ca, host_ca, bastion_key, created })
+    }
+}
+
+fn load_or_create_ca(path: &Path, label: &str, master: &MasterKey, created: &mut bool) -> Result<SshCa> {
+    if path.exists() {
+        let sealed = fs::read_to_string(path)?;
+        let plain = master.open(label, &sealed)?;
+        return Ok(SshCa::from_openssh(&plain)?);
+    }
+    let ca = SshCa::generate();
+    let pem = ca.to_openssh()?;
+    write_private(path, master.seal(label, pem.as_bytes())?.as_bytes())?;
+    *created = true;
+    Ok(ca)
+}
+
+/// Create a directory readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Write a file with mode 0600 (created that way, never world-readable even briefly).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_survive_a_restart_and_refuse_a_wrong_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mk, generated) = MasterKey::load(&MasterKeySource::DataDir, dir.path()).unwrap();
+        assert!(generated);
+        let ks = KeyStore::load_or_create(dir.path(), &mk).unwrap();
+        assert!(ks.created);
+        let (mk2, generated2) = MasterKey::load(&MasterKeySource::DataDir, dir.path()).unwrap();
+        assert!(!generated2);
+        let ks2 = KeyStore::load_or_create(dir.path(), &mk2).unwrap();
+        assert!(!ks2.created);
+        assert_eq!(ks.user_ca.fingerprint(), ks2.user_ca.fingerprint());
+
+        let wrong = MasterKey::parse(&"11".repeat(32)).unwrap();
+        let err = KeyStore::load_or_create(dir.path(), &wrong).unwrap_err();
+        assert!(err.to_string().contains("wrong master key"), "{err}");
+
+        // losing master.key is an error, not a new CA
+        fs::remove_file(dir.path().join("master.key")).unwrap();
+        let err = MasterKey::load(&MasterKeySource::DataDir, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("no master key"), "{err}");
+
+        // sealed files hold no plaintext key
+        let sealed = fs::read_to_string(keys_dir(dir.path()).join(USER_CA_FILE)).unwrap();
+        assert!(!sealed.contains("PRIVATE KEY"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(keys_dir(dir.path()).join(USER_CA_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn sealed_blobs_are_bound_to_their_label() {
+        let mk = MasterKey::parse(&"ab".repeat(32)).unwrap();
+        let s = mk.seal("a", b"secret").unwrap();
+        assert_eq!(&*mk.open("a", &s).unwrap(), b"secret");
+        assert!(mk.open("b", &s).is_err());
+    }
+}
