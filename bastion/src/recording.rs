@@ -112,12 +112,17 @@ impl Recorder {
     }
 
     fn event(&mut self, code: &str, text: &str) -> std::io::Result<()> {
+        let escaped = serde_json::to_string(text).map_err(std::io::Error::other)?;
+        self.event_escaped(code, &escaped)
+    }
+
+    /// Write `[t, "code", <escaped JSON string>]` as one line.
+    fn event_escaped(&mut self, code: &str, escaped: &str) -> std::io::Result<()> {
         let t = self.start.elapsed().as_secs_f64();
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        // [1.234567, "o", "text"]
         line.extend_from_slice(format!("[{t:.6}, \"{code}\", ").as_bytes());
-        serde_json::to_writer(&mut line, text).map_err(std::io::Error::other)?;
+        line.extend_from_slice(escaped.as_bytes());
         line.extend_from_slice(b"]\n");
         let r = self.write_line(&line);
         self.line = line;
@@ -129,6 +134,8 @@ impl Recorder {
         let dir = if output { &mut self.output } else { &mut self.input };
         dir.bytes += data.len() as u64;
         dir.hash.update(data);
+        // The cap bounds what this direction stores in the file (escaped
+        // text), so disk use is predictable whatever the data looks like.
         let room = match cap {
             Some(c) => c.saturating_sub(dir.recorded),
             None => u64::MAX,
@@ -141,12 +148,23 @@ impl Recorder {
         if take < data.len() {
             self.truncated = true;
         }
-        dir.recorded += take as u64;
-        let text = utf8_chunk(&mut dir.carry, &data[..take]);
+        let mut text = utf8_chunk(&mut dir.carry, &data[..take]);
+        let mut escaped = serde_json::to_string(&text).map_err(std::io::Error::other)?;
+        if escaped.len() as u64 > room {
+            self.truncated = true;
+            // Binary data expands when escaped; keep the part that fits.
+            let mut keep = usize::try_from(room.saturating_mul(text.len() as u64) / escaped.len() as u64).unwrap_or(0);
+            while keep > 0 && !text.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            text.truncate(keep);
+            escaped = serde_json::to_string(&text).map_err(std::io::Error::other)?;
+        }
+        dir.recorded += escaped.len() as u64;
         if text.is_empty() {
             return Ok(());
         }
-        self.event(if output { "o" } else { "i" }, &text)
+        self.event_escaped(if output { "o" } else { "i" }, &escaped)
     }
 
     /// Data from the target to the user (stdout and stderr).
@@ -299,7 +317,7 @@ mod tests {
             .filter(|e| e[1] == "o")
             .map(|e| e[2].as_str().unwrap().len())
             .sum();
-        assert_eq!(stored, 10);
+        assert_eq!(stored, 8, "10 bytes of escaped text: \"xxxxxxxx\"");
     }
 
     #[test]

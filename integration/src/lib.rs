@@ -1,1 +1,570 @@
+//! Test harness: starts the real `gatehouse` binary on free loopback ports
+//! with a temporary data dir (SQLite or a fresh PostgreSQL database), real
+//! OpenSSH `sshd` targets that trust Gatehouse's user CA, and drives them with
+//! the stock `ssh`, `scp` and `sftp` clients.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Which database the broker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generate `NAME_sqlite` and `NAME_postgres` tests from `fn NAME(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::Backend::Sqlite);
+                }
+                #[test]
+                fn postgres() {
+                    super::$name($crate::Backend::Postgres);
+                }
+            }
+        )*
+    };
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `gatehouse` binary under test: `GATEHOUSE_BIN`, else the workspace's
+/// debug build (the test command builds it first).
+pub fn gatehouse_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+    let p = target.join("debug").join("gatehouse");
+    assert!(p.exists(), "{} is missing: run `cargo build -p gatehouse` first (the test command in README.md does)", p.display());
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+fn psql(sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .context("psql is not installed (the test command installs it)")?;
+    if !out.status.success() {
+        bail!("psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A fresh PostgreSQL database, dropped at the end.
+pub struct PgDb {
+    pub name: String,
+}
+
+impl PgDb {
+    pub fn create() -> Result<Self> {
+        let name = format!("gh_test_{}_{:x}", std::process::id(), rand_u64());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(Self { name })
+    }
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// A running `gatehouse serve`.
+pub struct Gatehouse {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub token: String,
+    pub backend: Backend,
+    pub pg: Option<PgDb>,
+    pub known_hosts: PathBuf,
+    pub log: PathBuf,
+    pub stdout: Arc<Mutex<String>>,
+    extra_args: Vec<String>,
+}
+
+impl Gatehouse {
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).expect("gatehouse serve starts")
+    }
+
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("gatehouse-test-").tempdir()?;
+        let data_dir = dir.path().join("data");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDb::create()?),
+        };
+        let mut gh = Self {
+            child: None,
+            data_dir,
+            ssh_port: 0,
+            http_port: 0,
+            token: String::new(),
+            backend,
+            pg,
+            known_hosts: dir.path().join("known_hosts"),
+            log: dir.path().join("serve.log"),
+            stdout: Arc::new(Mutex::new(String::new())),
+            dir,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        gh.spawn(None, None)?;
+        Ok(gh)
+    }
+
+    /// Start (or restart) the server process. Ports may be pinned so a
+    /// restart keeps the addresses clients know.
+    fn spawn(&mut self, ssh_port: Option<u16>, http_port: Option<u16>) -> Result<()> {
+        let mut cmd = Command::new(gatehouse_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--ssh-listen")
+            .arg(format!("127.0.0.1:{}", ssh_port.unwrap_or(0)))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", http_port.unwrap_or(0)));
+        if let Some(pg) = &self.pg {
+            cmd.arg("--database-url").arg(pg.url());
+        }
+        cmd.args(&self.extra_args);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        cmd.env("GATEHOUSE_LOG", "info,gatehouse=debug,gatehouse_bastion=debug")
+            .env_remove("GATEHOUSE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = cmd.spawn().context("cannot run gatehouse serve")?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut expect_token = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("gatehouse serve did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                }
+            };
+            if expect_token {
+                self.token = line.trim().to_string();
+                expect_token = false;
+            } else if line.starts_with("Admin token") {
+                expect_token = true;
+            } else if let Some(rest) = line.strip_prefix("Gatehouse listening: ssh ") {
+                let (ssh, http) = rest.split_once(" · http ").context("listening line")?;
+                self.ssh_port = ssh.rsplit(':').next().unwrap().parse()?;
+                self.http_port = http.rsplit(':').next().unwrap().parse()?;
+                break;
+            }
+        }
+        if self.token.is_empty() {
+            self.token = std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string();
+        }
+        let key = std::fs::read_to_string(self.data_dir.join("keys/bastion_host_ed25519.pub"))?;
+        std::fs::write(&self.known_hosts, format!("[127.0.0.1]:{} {}", self.ssh_port, key.trim()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Run a CLI command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(gatehouse_bin())
+            .args(args)
+            .env("GATEHOUSE_URL", self.url())
+            .env("GATEHOUSE_TOKEN", &self.token)
+            .env("GATEHOUSE_DATA_DIR", &self.data_dir)
+            .output()
+            .expect("run gatehouse CLI")
+    }
+
+    /// Run a CLI command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "gatehouse {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run a CLI command that must fail; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "gatehouse {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// A `--json` list command, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("CLI printed JSON")
+    }
+
+    /// Audit events (newest last) matching CLI filters.
+    pub fn audit(&self, filters: &[&str]) -> Vec<Value> {
+        let mut a = vec!["audit", "--format", "json"];
+        a.extend_from_slice(filters);
+        serde_json::from_str::<Value>(&self.ok(&a)).unwrap().as_array().unwrap().clone()
+    }
+
+    pub fn user_ca(&self) -> String {
+        self.ok(&["ca", "show"]).trim().to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same ports, data dir and database.
+    pub fn restart(&mut self) -> Result<()> {
+        let (s, h) = (self.ssh_port, self.http_port);
+        self.spawn(Some(s), Some(h))
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gatehouse serve log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A real OpenSSH server trusting Gatehouse's user CA, with no authorized keys.
+pub struct Sshd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub host_key_pub: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn sshd_path() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/bin/sshd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("sshd is not installed (the test command installs openssh-server)");
+}
+
+impl Sshd {
+    pub fn start(user_ca_line: &str) -> Self {
+        Self::start_with(user_ca_line, "").expect("sshd starts")
+    }
+
+    /// Start with extra sshd_config lines.
+    pub fn start_with(user_ca_line: &str, extra_config: &str) -> Result<Self> {
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let dir = tempfile::Builder::new().prefix("gatehouse-sshd-").tempdir()?;
+        let key = dir.path().join("ssh_host_ed25519_key");
+        keygen(&key)?;
+        std::fs::write(dir.path().join("user_ca.pub"), format!("{user_ca_line}\n"))?;
+        let log = dir.path().join("sshd.log");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nTrustedUserCAKeys {ca}\nAuthorizedKeysFile none\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n\
+                 StrictModes no\nPidFile {pid}\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 200\nMaxSessions 100\n{extra_config}\n",
+                key = key.display(),
+                ca = dir.path().join("user_ca.pub").display(),
+                pid = dir.path().join("sshd.pid").display(),
+            );
+            let cfg = dir.path().join("sshd_config");
+            std::fs::write(&cfg, config)?;
+            let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            let mut child = Command::new(sshd_path())
+                .args(["-D", "-e", "-f"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(logf))
+                .spawn()
+                .context("cannot run sshd")?;
+            if wait_for_port(port, Duration::from_secs(5)).is_ok() {
+                return Ok(Self { child, port, host_key_pub: key.with_extension("pub"), log, dir });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!("sshd did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replace the host key (as if the target were reinstalled or spoofed).
+    pub fn change_host_key(&mut self) -> Result<()> {
+        let key = self.dir.path().join("ssh_host_ed25519_key");
+        std::fs::remove_file(&key)?;
+        std::fs::remove_file(key.with_extension("pub"))?;
+        keygen(&key)?;
+        Ok(())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "gatehouse-test", "-f"])
+        .arg(path)
+        .status()?;
+    if !st.success() {
+        bail!("ssh-keygen failed");
+    }
+    Ok(())
+}
+
+/// A user's SSH key pair on the "laptop".
+pub struct UserKey {
+    pub dir: tempfile::TempDir,
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl UserKey {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("gatehouse-key-").tempdir().unwrap();
+        let private = dir.path().join("id_ed25519");
+        keygen(&private).unwrap();
+        Self { public: private.with_extension("pub"), private, dir }
+    }
+}
+
+impl Default for UserKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Common `-o` options: the bastion's host key is known, nothing else is
+/// read from ~/.ssh, never prompt.
+pub fn ssh_opts(gh: &Gatehouse, key: &UserKey) -> Vec<String> {
+    vec![
+        "-F".into(),
+        "none".into(),
+        "-i".into(),
+        key.private.display().to_string(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", gh.known_hosts.display()),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "ConnectTimeout=20".into(),
+    ]
+}
+
+/// `ssh -p PORT TARGET@127.0.0.1 ARGS…` through the bastion.
+pub fn ssh(gh: &Gatehouse, key: &UserKey, target: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(ssh_opts(gh, key))
+        .arg("-p")
+        .arg(gh.ssh_port.to_string())
+        .arg(format!("{target}@127.0.0.1"))
+        .args(args);
+    c
+}
+
+/// Stdout, stderr and exit code of a finished command.
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(mut c: Command) -> Ran {
+    let out = c.stdin(Stdio::null()).output().expect("command runs");
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A bastion, a target and a registered user, ready for grants.
+pub struct World {
+    pub gh: Gatehouse,
+    pub sshd: Sshd,
+    pub key: UserKey,
+}
+
+impl World {
+    /// Gatehouse + one sshd target `web-1` (group `staging`, pinned key) +
+    /// user `alice` with a key.
+    pub fn new(backend: Backend) -> Self {
+        let gh = Gatehouse::start(backend);
+        let sshd = Sshd::start(&gh.user_ca());
+        let key = UserKey::new();
+        gh.ok(&["user", "add", "alice", "--ssh-key", key.public.to_str().unwrap()]);
+        gh.ok(&[
+            "host",
+            "add",
+            "web-1",
+            "--address",
+            &sshd.address(),
+            "--group",
+            "staging",
+            "--host-key",
+            sshd.host_key_pub.to_str().unwrap(),
+        ]);
+        Self { gh, sshd, key }
+    }
+
+    pub fn grant(&self, user: &str, host: &str, login: &str, ttl: &str) -> String {
+        let out = self.gh.ok(&["grant", "add", user, "--host", host, "--login", login, "--ttl", ttl, "--reason", "test"]);
+        out.split_whitespace().next().unwrap().to_string()
+    }
+
+    pub fn ssh(&self, target: &str, args: &[&str]) -> Command {
+        ssh(&self.gh, &self.key, target, args)
+    }
+}
+
+/// The login the tests use on targets: whoever runs the tests (root in CI).
+pub fn local_login() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = Command::new("id").arg("-un").output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+}
+
+/// SHA-256 of a byte slice, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).unwrap();
+    sha256_hex(&buf)
+}
+
+/// Poll `f` until it returns Some, or fail after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
