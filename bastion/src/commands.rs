@@ -50,7 +50,8 @@ async fn execute(conn: &Conn, user: &User, command: &str) -> (String, u32) {
         Some("whoami") => match conn.broker.list_grants(true).await {
             Ok(grants) => {
                 let mut out = format!("user: {}\nrole: {}\n", user.name, user.role.as_str());
-                let mine: Vec<_> = grants.iter().filter(|g| g.subject_kind == "user" && g.subject_id == user.id).collect();
+                let mine: Vec<_> =
+                    grants.iter().filter(|g| g.subject_kind == "user" && g.subject_id == user.id).collect();
                 if mine.is_empty() {
                     out.push_str("grants: none\n");
                 } else {
@@ -63,9 +64,8 @@ async fn execute(conn: &Conn, user: &User, command: &str) -> (String, u32) {
             }
             Err(e) => (format!("gatehouse: {e}\n"), 1),
         },
-        Some(other) => (
-            format!("gatehouse: unknown command {:?}; try `help`\n", gatehouse_broker::audit::cap(other, 40)),
-            2,
-        ),
+        Some(other) => {
+            (format!("gatehouse: unknown command {:?}; try `help`\n", gatehouse_broker::audit::cap(other, 40)), 2)
+        }
     }
 }

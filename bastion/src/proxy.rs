@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gatehouse_broker::sessions::{OpenedSession, RecordingEnd};
+use gatehouse_broker::{AuditRecord, Outcome, Severity};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, Sig};
 
@@ -44,7 +45,7 @@ pub(crate) async fn run_channel(conn: Arc<Conn>, channel: Channel<Msg>, handle: 
                         return;
                     }
                 };
-                proxy(conn, session, channel, upstream_channel, handle).await;
+                proxy(conn, *session, channel, upstream_channel, handle).await;
             }
             Err(msg) => deny_channel(channel, &msg).await,
         },
@@ -57,7 +58,9 @@ pub(crate) async fn deny_channel(mut channel: Channel<Msg>, msg: &str) {
     let wait = async {
         while let Some(m) = channel.wait().await {
             match m {
-                ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. } => return true,
+                ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. } => {
+                    return true;
+                }
                 ChannelMsg::Eof | ChannelMsg::Close => return false,
                 _ => {}
             }
@@ -65,9 +68,7 @@ pub(crate) async fn deny_channel(mut channel: Channel<Msg>, msg: &str) {
         false
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
-    let _ = channel
-        .extended_data_bytes(1, Bytes::from(format!("gatehouse: {msg}\r\n")))
-        .await;
+    let _ = channel.extended_data_bytes(1, Bytes::from(format!("gatehouse: {msg}\r\n"))).await;
     let _ = channel.exit_status(1).await;
     let _ = channel.eof().await;
     let _ = channel.close().await;
@@ -117,7 +118,13 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ChanState> {
     }
 }
 
-async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, upstream: Channel<russh::client::Msg>, handle: Handle) {
+async fn proxy(
+    conn: Arc<Conn>,
+    session: OpenedSession,
+    client: Channel<Msg>,
+    upstream: Channel<russh::client::Msg>,
+    handle: Handle,
+) {
     let channel_no = conn.with_state(|s| {
         s.next_channel += 1;
         s.next_channel
@@ -165,7 +172,9 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
                     let _ = fwd_tx.send(Up::Close);
                     break;
                 }
-                ChannelMsg::RequestPty { term, col_width, row_height, pix_width, pix_height, terminal_modes, .. } => {
+                ChannelMsg::RequestPty {
+                    term, col_width, row_height, pix_width, pix_height, terminal_modes, ..
+                } => {
                     lock(&state).pty = Some((term.clone(), col_width, row_height));
                     Some(Up::Pty { term, col_width, row_height, pix_width, pix_height, terminal_modes })
                 }
@@ -198,13 +207,17 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
                 }
                 ChannelMsg::RequestSubsystem { name, .. } => {
                     if name == "sftp" {
-                        if !start_recording(&conn, &session, channel_no, &state, "subsystem", Some("sftp".into())).await {
+                        if !start_recording(&conn, &session, channel_no, &state, "subsystem", Some("sftp".into())).await
+                        {
                             break;
                         }
                         Some(Up::Subsystem(name))
                     } else {
-                        conn.audit_refusal("ssh.subsystem", &format!("subsystem {} refused", gatehouse_broker::audit::cap(&name, 60)))
-                            .await;
+                        conn.audit_refusal(
+                            "ssh.subsystem",
+                            &format!("subsystem {} refused", gatehouse_broker::audit::cap(&name, 60)),
+                        )
+                        .await;
                         None
                     }
                 }
@@ -250,9 +263,7 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
                     break;
                 }
                 Up::Pty { term, col_width, row_height, pix_width, pix_height, terminal_modes } => {
-                    up_tx
-                        .request_pty(false, &term, col_width, row_height, pix_width, pix_height, &terminal_modes)
-                        .await
+                    up_tx.request_pty(false, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await
                 }
                 Up::Env(k, v) => up_tx.set_env(false, k, v).await,
                 Up::Window(c, r, pw, ph) => up_tx.window_change(c, r, pw, ph).await,
@@ -313,9 +324,8 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
                 }
                 ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
                     lock(&state).exit_signal = Some(sig_name(&signal_name));
-                    let _ = handle
-                        .exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag)
-                        .await;
+                    let _ =
+                        handle.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await;
                 }
                 ChannelMsg::Success => {
                     lock(&state).pending_start = false;
@@ -324,7 +334,10 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
                     let was_start = std::mem::replace(&mut lock(&state).pending_start, false);
                     if was_start {
                         let _ = client_tx
-                            .extended_data_bytes(1, Bytes::from_static(b"gatehouse: the target refused the request\r\n"))
+                            .extended_data_bytes(
+                                1,
+                                Bytes::from_static(b"gatehouse: the target refused the request\r\n"),
+                            )
                             .await;
                         let _ = client_tx.exit_status(1).await;
                         break;
@@ -338,9 +351,8 @@ async fn proxy(conn: Arc<Conn>, session: OpenedSession, client: Channel<Msg>, up
             let why = conn
                 .with_state(|s| s.session.as_ref().and_then(|x| x.live.end_reason()).or(s.end_reason.clone()))
                 .unwrap_or_else(|| "session ended".into());
-            let _ = client_tx
-                .extended_data_bytes(1, Bytes::from(format!("\r\ngatehouse: session ended: {why}\r\n")))
-                .await;
+            let _ =
+                client_tx.extended_data_bytes(1, Bytes::from(format!("\r\ngatehouse: session ended: {why}\r\n"))).await;
         }
         let _ = client_tx.eof().await;
         let _ = client_tx.close().await;
@@ -364,13 +376,37 @@ fn record(conn: &Conn, state: &Shared, f: impl FnOnce(&mut Recorder) -> std::io:
             st.failed = true;
             drop(st);
             tracing::error!(error = %e, "recording write failed; ending the session");
-            recording_failed(conn);
+            recording_failed(conn, &e.to_string());
             false
         }
     }
 }
 
-fn recording_failed(conn: &Conn) {
+/// Strict recording: end the session, and say so in the audit log.
+fn recording_failed(conn: &Conn, why: &str) {
+    let (actor, session, resource) = conn.with_state(|s| {
+        let sess = s.session.as_ref();
+        (
+            sess.map(|x| x.subject.actor()),
+            sess.map(|x| x.id.clone()),
+            sess.map(|x| format!("{}@{}", x.login, x.host.name)).unwrap_or_default(),
+        )
+    });
+    if let Some(actor) = actor {
+        let mut rec = AuditRecord::new(actor, "session.recording", resource, Outcome::Error)
+            .severity(Severity::Critical)
+            .reason(format!("recording could not be written, session ended: {why}"))
+            .client(conn.client_addr());
+        if let Some(id) = session {
+            rec = rec.session(id);
+        }
+        let broker = conn.broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.audit(rec).await {
+                tracing::error!(error = %e, "could not audit a recording failure");
+            }
+        });
+    }
     conn.with_state(|s| {
         s.end_reason = Some("recording failed".into());
         if let Some(sess) = &s.session {
@@ -380,19 +416,22 @@ fn recording_failed(conn: &Conn) {
     conn.stop.cancel();
 }
 
-async fn start_recording(conn: &Conn, session: &OpenedSession, channel_no: u32, state: &Shared, kind: &str, command: Option<String>) -> bool {
+async fn start_recording(
+    conn: &Conn,
+    session: &OpenedSession,
+    channel_no: u32,
+    state: &Shared,
+    kind: &str,
+    command: Option<String>,
+) -> bool {
     if lock(state).recorder.is_some() {
         return true; // one shell/exec/subsystem per channel; later requests go to the target as-is
     }
-    let rec = match conn
-        .broker
-        .start_recording(&session.id, channel_no, kind, command.as_deref().unwrap_or(""))
-        .await
-    {
+    let rec = match conn.broker.start_recording(&session.id, channel_no, kind, command.as_deref().unwrap_or("")).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot register the recording");
-            recording_failed(conn);
+            recording_failed(conn, &e.to_string());
             return false;
         }
     };
@@ -438,7 +477,7 @@ async fn start_recording(conn: &Conn, session: &OpenedSession, channel_no: u32, 
         }
         Err(e) => {
             tracing::error!(error = %e, path = %rec.path.display(), "cannot create the recording file");
-            recording_failed(conn);
+            recording_failed(conn, &e.to_string());
             false
         }
     }

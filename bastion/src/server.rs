@@ -36,11 +36,7 @@ pub struct BastionConfig {
 
 impl Default for BastionConfig {
     fn default() -> Self {
-        Self {
-            recording_cap: 16 * 1024 * 1024,
-            max_connections: 4096,
-            drain_timeout: Duration::from_secs(10),
-        }
+        Self { recording_cap: 16 * 1024 * 1024, max_connections: 4096, drain_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -65,7 +61,12 @@ fn server_config(key: PrivateKey, certificates: Vec<russh::keys::Certificate>) -
 
 /// Serve SSH on `listener` until `shutdown` is cancelled, then end every
 /// session (recordings flushed, rows closed) within the drain timeout.
-pub async fn run(listener: TcpListener, broker: Broker, cfg: BastionConfig, shutdown: CancellationToken) -> Result<(), BastionError> {
+pub async fn run(
+    listener: TcpListener,
+    broker: Broker,
+    cfg: BastionConfig,
+    shutdown: CancellationToken,
+) -> Result<(), BastionError> {
     let host_cert = broker.bastion_host_certificate()?;
     let config = server_config(broker.keys().bastion_key.clone(), host_cert.into_iter().collect());
     let tracker = TaskTracker::new();
@@ -169,7 +170,7 @@ pub(crate) struct ConnState {
 
 /// What a channel on this connection may do.
 pub(crate) enum ChannelMode {
-    Proxy(OpenedSession),
+    Proxy(Box<OpenedSession>),
     Deny(String),
     Commands(User),
 }
@@ -206,7 +207,7 @@ impl Conn {
             }
             match (&s.target, &s.session, &s.user) {
                 (Some(Target::Commands), _, Some(u)) => ChannelMode::Commands(u.clone()),
-                (_, Some(sess), _) => ChannelMode::Proxy(sess.clone()),
+                (_, Some(sess), _) => ChannelMode::Proxy(Box::new(sess.clone())),
                 _ => ChannelMode::Deny("access denied".into()),
             }
         })
@@ -214,10 +215,7 @@ impl Conn {
 
     /// The upstream connection, started at authentication; waits for it.
     pub async fn upstream(&self) -> Result<Arc<Upstream>, String> {
-        self.upstream
-            .get_or_init(|| self.connect_upstream())
-            .await
-            .clone()
+        self.upstream.get_or_init(|| self.connect_upstream()).await.clone()
     }
 
     async fn connect_upstream(&self) -> Result<Arc<Upstream>, String> {
@@ -241,11 +239,16 @@ impl Conn {
                 let _ = self
                     .broker
                     .audit(
-                        AuditRecord::new(sess.subject.actor(), action, format!("{}@{}", sess.login, sess.host.name), Outcome::Deny)
-                            .severity(severity)
-                            .session(&sess.id)
-                            .client(self.client_addr())
-                            .reason(e.to_string()),
+                        AuditRecord::new(
+                            sess.subject.actor(),
+                            action,
+                            format!("{}@{}", sess.login, sess.host.name),
+                            Outcome::Deny,
+                        )
+                        .severity(severity)
+                        .session(&sess.id)
+                        .client(self.client_addr())
+                        .reason(e.to_string()),
                     )
                     .await;
                 self.with_state(|s| s.end_reason = Some(reason.to_string()));
@@ -276,9 +279,15 @@ impl Conn {
     }
 }
 
-async fn serve_connection(conn: Arc<Conn>, config: Arc<server::Config>, socket: TcpStream, shutdown: CancellationToken) {
+async fn serve_connection(
+    conn: Arc<Conn>,
+    config: Arc<server::Config>,
+    socket: TcpStream,
+    shutdown: CancellationToken,
+) {
     let handler = SshHandler { conn: conn.clone() };
-    let running = match tokio::time::timeout(Duration::from_secs(30), server::run_stream(config, socket, handler)).await {
+    let running = match tokio::time::timeout(Duration::from_secs(30), server::run_stream(config, socket, handler)).await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "ssh handshake failed");
@@ -308,11 +317,14 @@ async fn serve_connection(conn: Arc<Conn>, config: Arc<server::Config>, socket: 
         // Channel tasks tell the user why and close; then drop the connection.
         conn.tasks.close();
         let _ = tokio::time::timeout(Duration::from_millis(500), conn.tasks.wait()).await;
-        let why = end_reason(&conn).unwrap_or_else(|| "session ended".into());
-        let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, format!("gatehouse: {why}"), "en".into())
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        // The client leaves by itself once its channels are closed; the
+        // disconnect (which would overtake queued channel data) is only for
+        // clients that linger.
+        if tokio::time::timeout(Duration::from_millis(500), &mut running).await.is_err() {
+            let why = end_reason(&conn).unwrap_or_else(|| "session ended".into());
+            let _ = handle.disconnect(russh::Disconnect::ByApplication, format!("gatehouse: {why}"), "en".into()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        }
     }
     conn.stop.cancel();
     conn.tasks.close();
@@ -320,10 +332,7 @@ async fn serve_connection(conn: Arc<Conn>, config: Arc<server::Config>, socket: 
         tracing::warn!(peer = %conn.peer, "channel tasks did not finish");
     }
     if let Some(Ok(up)) = conn.upstream.get() {
-        let _ = up
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "session over", "en")
-            .await;
+        let _ = up.handle.disconnect(russh::Disconnect::ByApplication, "session over", "en").await;
     }
     finish_connection(&conn).await;
 }
@@ -334,7 +343,8 @@ fn end_reason(conn: &Conn) -> Option<String> {
 }
 
 async fn finish_connection(conn: &Conn) {
-    let (session, user, unknown) = conn.with_state(|s| (s.session.clone(), s.user.clone(), std::mem::take(&mut s.unknown_keys)));
+    let (session, user, unknown) =
+        conn.with_state(|s| (s.session.clone(), s.user.clone(), std::mem::take(&mut s.unknown_keys)));
     if user.is_none() && !unknown.is_empty() {
         let _ = conn
             .broker
@@ -407,7 +417,10 @@ impl SshHandler {
             }
             Err(e) => {
                 tracing::error!(error = %e, "authorization failed");
-                conn.with_state(|s| s.denial = Some("access denied: gatehouse cannot decide right now (storage unavailable); try again".into()));
+                conn.with_state(|s| {
+                    s.denial =
+                        Some("access denied: gatehouse cannot decide right now (storage unavailable); try again".into())
+                });
                 return;
             }
         };
@@ -428,7 +441,9 @@ impl SshHandler {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "could not open the session");
-                conn.with_state(|s| s.denial = Some("access denied: gatehouse could not record the session start".into()));
+                conn.with_state(|s| {
+                    s.denial = Some("access denied: gatehouse could not record the session start".into())
+                });
                 return;
             }
         };
@@ -461,7 +476,10 @@ impl server::Handler for SshHandler {
     }
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false })
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
     }
 
     async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
@@ -488,7 +506,12 @@ impl server::Handler for SshHandler {
         }
     }
 
-    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: server::ChannelOpenHandle, session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         reply.accept().await;
         let handle = session.handle();
         let conn = self.conn.clone();
@@ -510,22 +533,41 @@ impl server::Handler for SshHandler {
             .reject(ChannelOpenFailure::Other { code: 1, reason: "port forwarding is disabled by Gatehouse".into() })
             .await;
         self.conn
-            .audit_refusal("ssh.port_forwarding", &format!("local forwarding to {}:{port} refused", gatehouse_broker::audit::cap(host, 100)))
+            .audit_refusal(
+                "ssh.port_forwarding",
+                &format!("local forwarding to {}:{port} refused", gatehouse_broker::audit::cap(host, 100)),
+            )
             .await;
         Ok(())
     }
 
-    async fn channel_open_direct_streamlocal(&mut self, _c: Channel<Msg>, path: &str, reply: server::ChannelOpenHandle, _s: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _c: Channel<Msg>,
+        path: &str,
+        reply: server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
         reply
             .reject(ChannelOpenFailure::Other { code: 1, reason: "socket forwarding is disabled by Gatehouse".into() })
             .await;
         self.conn
-            .audit_refusal("ssh.port_forwarding", &format!("unix socket forwarding to {} refused", gatehouse_broker::audit::cap(path, 100)))
+            .audit_refusal(
+                "ssh.port_forwarding",
+                &format!("unix socket forwarding to {} refused", gatehouse_broker::audit::cap(path, 100)),
+            )
             .await;
         Ok(())
     }
 
-    async fn channel_open_x11(&mut self, _c: Channel<Msg>, _a: &str, _p: u32, reply: server::ChannelOpenHandle, _s: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_x11(
+        &mut self,
+        _c: Channel<Msg>,
+        _a: &str,
+        _p: u32,
+        reply: server::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
         reply
             .reject(ChannelOpenFailure::Other { code: 1, reason: "X11 forwarding is disabled by Gatehouse".into() })
             .await;
@@ -535,14 +577,20 @@ impl server::Handler for SshHandler {
 
     async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _s: &mut Session) -> Result<bool, Self::Error> {
         self.conn
-            .audit_refusal("ssh.port_forwarding", &format!("remote forwarding of {}:{port} refused", gatehouse_broker::audit::cap(address, 100)))
+            .audit_refusal(
+                "ssh.port_forwarding",
+                &format!("remote forwarding of {}:{port} refused", gatehouse_broker::audit::cap(address, 100)),
+            )
             .await;
         Ok(false)
     }
 
     async fn streamlocal_forward(&mut self, path: &str, _s: &mut Session) -> Result<bool, Self::Error> {
         self.conn
-            .audit_refusal("ssh.port_forwarding", &format!("remote socket forwarding of {} refused", gatehouse_broker::audit::cap(path, 100)))
+            .audit_refusal(
+                "ssh.port_forwarding",
+                &format!("remote socket forwarding of {} refused", gatehouse_broker::audit::cap(path, 100)),
+            )
             .await;
         Ok(false)
     }
@@ -561,35 +609,59 @@ impl server::Handler for SshHandler {
         session.channel_success(channel)
     }
 
-    async fn env_request(&mut self, channel: ChannelId, name: &str, _value: &str, session: &mut Session) -> Result<(), Self::Error> {
-        if allowed_env(name) {
-            session.channel_success(channel)
-        } else {
-            session.channel_failure(channel)
-        }
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if allowed_env(name) { session.channel_success(channel) } else { session.channel_failure(channel) }
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         session.channel_success(channel)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
-        if name == "sftp" {
-            session.channel_success(channel)
-        } else {
-            session.channel_failure(channel)
-        }
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" { session.channel_success(channel) } else { session.channel_failure(channel) }
     }
 
-    async fn window_change_request(&mut self, channel: ChannelId, _c: u32, _r: u32, _pw: u32, _ph: u32, session: &mut Session) -> Result<(), Self::Error> {
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _c: u32,
+        _r: u32,
+        _pw: u32,
+        _ph: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)
     }
 
-    async fn x11_request(&mut self, channel: ChannelId, _s: bool, _p: &str, _c: &str, _n: u32, session: &mut Session) -> Result<(), Self::Error> {
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _s: bool,
+        _p: &str,
+        _c: &str,
+        _n: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_failure(channel)
     }
 

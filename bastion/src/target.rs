@@ -24,15 +24,17 @@ pub fn parse(user: &str) -> Target {
     if user.len() > 200 {
         return Target::Invalid(format!("{usage} (the name given is too long)"));
     }
-    if user.chars().any(|c| c.is_control() || c.is_whitespace() || matches!(c, ',' | '*' | '?' | '/' | '\\' | '"' | '\'')) {
+    if user
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || matches!(c, ',' | '*' | '?' | '/' | '\\' | '"' | '\''))
+    {
         return Target::Invalid(format!("{usage} (the name given has characters that are not allowed)"));
     }
     let mut parts = user.split('@');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(login), Some(host), None) if !login.is_empty() && !host.is_empty() => Target::Host {
-            login: login.to_string(),
-            host: host.to_string(),
-        },
+        (Some(login), Some(host), None) if !login.is_empty() && !host.is_empty() => {
+            Target::Host { login: login.to_string(), host: host.to_string() }
+        }
         _ => Target::Invalid(usage.to_string()),
     }
 }
@@ -45,7 +47,9 @@ mod tests {
     fn parses_login_at_host() {
         assert_eq!(parse("root@web-1"), Target::Host { login: "root".into(), host: "web-1".into() });
         assert_eq!(parse("gatehouse"), Target::Commands);
-        for bad in ["root", "@web", "root@", "a@b@c", "ro ot@web", "root,admin@web", "*@web", "root@we\nb", "root@web/../x"] {
+        for bad in
+            ["root", "@web", "root@", "a@b@c", "ro ot@web", "root,admin@web", "*@web", "root@we\nb", "root@web/../x"]
+        {
             assert!(matches!(parse(bad), Target::Invalid(_)), "{bad:?}");
         }
     }

@@ -31,11 +31,7 @@ impl HostTrust {
             ),
             None => None,
         };
-        Ok(Self {
-            host_name: host.name.clone(),
-            pinned,
-            host_ca,
-        })
+        Ok(Self { host_name: host.name.clone(), pinned, host_ca })
     }
 }
 
@@ -75,7 +71,10 @@ fn verify_host(trust: &HostTrust, key: &PublicKeyOrCertificate) -> SeenHostKey {
                     trust.host_name,
                     p.fingerprint(HashAlg::Sha256)
                 )),
-                None => Some(format!("{} has no pinned host key and presented no host certificate (got {fp})", trust.host_name)),
+                None => Some(format!(
+                    "{} has no pinned host key and presented no host certificate (got {fp})",
+                    trust.host_name
+                )),
             };
             SeenHostKey { fingerprint: Some(fp), certificate: false, problem }
         }
@@ -98,8 +97,7 @@ fn check_host_certificate(trust: &HostTrust, cert: &Certificate) -> Result<(), S
         return Err(format!("{} presented a host certificate but host certificates are not trusted", trust.host_name));
     };
     let fp = ca.fingerprint(HashAlg::Sha256);
-    cert.validate([&fp])
-        .map_err(|e| format!("host certificate of {} is not valid: {e}", trust.host_name))?;
+    cert.validate([&fp]).map_err(|e| format!("host certificate of {} is not valid: {e}", trust.host_name))?;
     if cert.cert_type() != gatehouse_ca::ssh_key::certificate::CertType::Host {
         return Err(format!("{} presented a user certificate as host certificate", trust.host_name));
     }
@@ -116,10 +114,12 @@ pub struct Upstream {
 }
 
 fn client_config() -> Arc<client::Config> {
-    let mut preferred = russh::Preferred::default();
     // Ask for host certificates first so CA-enrolled targets prove themselves
     // with one; pinned plain keys still negotiate.
-    preferred.host_key_certificates = std::borrow::Cow::Owned(vec![gatehouse_ca::ssh_key::Algorithm::Ed25519]);
+    let preferred = russh::Preferred {
+        host_key_certificates: std::borrow::Cow::Owned(vec![gatehouse_ca::ssh_key::Algorithm::Ed25519]),
+        ..Default::default()
+    };
     Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
@@ -135,7 +135,13 @@ fn client_config() -> Arc<client::Config> {
 
 /// Connect to `address`, verify the host, and authenticate as `login` with
 /// `key` and its certificate.
-pub async fn connect(address: &str, trust: HostTrust, login: &str, key: PrivateKey, cert: Certificate) -> Result<Upstream, BastionError> {
+pub async fn connect(
+    address: &str,
+    trust: HostTrust,
+    login: &str,
+    key: PrivateKey,
+    cert: Certificate,
+) -> Result<Upstream, BastionError> {
     let seen = Arc::new(Mutex::new(SeenHostKey::default()));
     let handler = UpstreamHandler { trust, seen: seen.clone() };
     let connect = client::connect(client_config(), address, handler);

@@ -372,7 +372,9 @@ pub async fn verify_chain(pool: &sqlx::AnyPool) -> Result<ChainReport> {
             last_seq = e.seq;
             count += 1;
             let problem = if e.prev_hash != prev {
-                Some("its predecessor hash does not match the previous event (a row was deleted, inserted or reordered)")
+                Some(
+                    "its predecessor hash does not match the previous event (a row was deleted, inserted or reordered)",
+                )
             } else if link_hash(&prev, &e) != e.hash {
                 Some("its content does not match its hash (the row was edited)")
             } else {

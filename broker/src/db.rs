@@ -51,9 +51,7 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(BrokerError::Invalid(
-                "database URL must start with sqlite:// or postgres://".into(),
-            ));
+            return Err(BrokerError::Invalid("database URL must start with sqlite:// or postgres://".into()));
         };
         let opts = AnyConnectOptions::from_str(url)
             .map_err(|e| BrokerError::Invalid(format!("database URL: {}", redact_url(&e.to_string()))))?;
@@ -75,11 +73,7 @@ impl Db {
             .connect_with(opts)
             .await
             .map_err(|e| BrokerError::Storage(format!("cannot open database: {}", redact_url(&e.to_string()))))?;
-        let db = Self {
-            pool,
-            backend,
-            write_lock: Arc::new(Mutex::new(())),
-        };
+        let db = Self { pool, backend, write_lock: Arc::new(Mutex::new(())) };
         db.migrate().await?;
         Ok(db)
     }
@@ -107,15 +101,9 @@ impl Db {
         let guard = self.write_lock.clone().lock_owned().await;
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(AUDIT_LOCK_KEY)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK_KEY).execute(&mut *tx).await?;
         }
-        Ok(WriteTx {
-            tx,
-            _guard: guard,
-        })
+        Ok(WriteTx { tx, _guard: guard })
     }
 
     /// Append audit events with no other state change (denials, notes).

@@ -37,9 +37,7 @@ impl From<sqlx::Error> for BrokerError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::RowNotFound => BrokerError::NotFound("record".into()),
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                BrokerError::Conflict("already exists".into())
-            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => BrokerError::Conflict("already exists".into()),
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 BrokerError::Conflict("still referenced".into())
             }

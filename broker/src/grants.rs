@@ -138,7 +138,15 @@ impl Broker {
     }
 
     /// Admin convenience: grant a named user access.
-    pub async fn grant_user(&self, actor: &Actor, user: &str, host: &str, login: &str, ttl: Duration, reason: &str) -> Result<Grant> {
+    pub async fn grant_user(
+        &self,
+        actor: &Actor,
+        user: &str,
+        host: &str,
+        login: &str,
+        ttl: Duration,
+        reason: &str,
+    ) -> Result<Grant> {
         let u = self.user_by_name(user).await?.ok_or_else(|| BrokerError::NotFound(format!("user {user}")))?;
         let h = self.host_by_name(host).await?.ok_or_else(|| BrokerError::NotFound(format!("host {host}")))?;
         self.create_grant(
@@ -218,7 +226,13 @@ impl Broker {
     /// Decide whether `user` may open `login@host` now. Writes the allow or
     /// deny audit event. The denial text is what the user sees: it never
     /// tells whether a host the user has no grant for exists.
-    pub async fn authorize_ssh(&self, user: &User, login: &str, host_name: &str, client_addr: &str) -> Result<SshAccess> {
+    pub async fn authorize_ssh(
+        &self,
+        user: &User,
+        login: &str,
+        host_name: &str,
+        client_addr: &str,
+    ) -> Result<SshAccess> {
         let resource = format!("{login}@{host_name}");
         let deny = |user_msg: String, audit_reason: &str| {
             (

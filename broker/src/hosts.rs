@@ -84,13 +84,13 @@ impl Broker {
                 .execute(w.conn())
                 .await?;
         }
-        w.audit(
-            AuditRecord::new(actor.clone(), "host.create", format!("host:{}", h.name), Outcome::Allow).details(serde_json::json!({
+        w.audit(AuditRecord::new(actor.clone(), "host.create", format!("host:{}", h.name), Outcome::Allow).details(
+            serde_json::json!({
                 "address": h.address,
                 "groups": groups,
                 "host_key": key.as_ref().map(|(_, fp, _)| fp),
-            })),
-        )
+            }),
+        ))
         .await?;
         w.commit().await?;
         self.host_by_name(&h.name).await?.ok_or_else(|| BrokerError::NotFound(format!("host {}", h.name)))
@@ -109,8 +109,11 @@ impl Broker {
         if n == 0 {
             return Err(BrokerError::NotFound(format!("host {name}")));
         }
-        w.audit(AuditRecord::new(actor.clone(), "host.pin_key", format!("host:{name}"), Outcome::Allow).details(serde_json::json!({"host_key": fp})))
-            .await?;
+        w.audit(
+            AuditRecord::new(actor.clone(), "host.pin_key", format!("host:{name}"), Outcome::Allow)
+                .details(serde_json::json!({"host_key": fp})),
+        )
+        .await?;
         w.commit().await?;
         self.host_by_name(name).await?.ok_or_else(|| BrokerError::NotFound(format!("host {name}")))
     }
@@ -149,10 +152,7 @@ impl Broker {
 
 fn row_to_host(r: &sqlx::any::AnyRow) -> Result<Host> {
     let key: Option<String> = r.try_get("host_key")?;
-    let fp = key
-        .as_deref()
-        .and_then(|k| gatehouse_ca::parse_public_key(k).ok())
-        .map(|k| gatehouse_ca::fingerprint(&k));
+    let fp = key.as_deref().and_then(|k| gatehouse_ca::parse_public_key(k).ok()).map(|k| gatehouse_ca::fingerprint(&k));
     Ok(Host {
         id: r.try_get("id")?,
         name: r.try_get("name")?,

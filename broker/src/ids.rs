@@ -30,13 +30,8 @@ pub fn check(prefix: &str, id: &str) -> Result<()> {
 pub fn check_login(login: &str) -> Result<()> {
     let ok = !login.is_empty()
         && login.len() <= 32
-        && login
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
-        && login
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'));
+        && login.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        && login.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -53,9 +48,7 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -75,7 +68,9 @@ mod tests {
         let id = new("s");
         assert!(check("s", &id).is_ok());
         assert!(check("g", &id).is_err());
-        for bad in ["s_../../etc/passwd", "s_0123456789abcdeF", "s_0123", "../s_0123456789abcdef", "s_0123456789abcdef/"] {
+        for bad in
+            ["s_../../etc/passwd", "s_0123456789abcdeF", "s_0123", "../s_0123456789abcdef", "s_0123456789abcdef/"]
+        {
             assert!(check("s", bad).is_err(), "{bad}");
         }
     }

@@ -57,9 +57,10 @@ impl MasterKey {
     pub fn load(source: &MasterKeySource, data_dir: &Path) -> Result<(Self, bool)> {
         match source {
             MasterKeySource::File(p) => {
-                let text = Zeroizing::new(fs::read_to_string(p).map_err(|e| {
-                    BrokerError::Io(format!("cannot read master key file {}: {e}", p.display()))
-                })?);
+                let text = Zeroizing::new(
+                    fs::read_to_string(p)
+                        .map_err(|e| BrokerError::Io(format!("cannot read master key file {}: {e}", p.display())))?,
+                );
                 Ok((Self::parse(&text)?, false))
             }
             MasterKeySource::Value(v) => Ok((Self::parse(v)?, false)),
@@ -106,11 +107,8 @@ impl MasterKey {
 
     /// Open what [`MasterKey::seal`] produced.
     pub fn open(&self, label: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>> {
-        let wrong = || {
-            BrokerError::Invalid(format!(
-                "cannot unseal {label}: wrong master key, or the file was altered"
-            ))
-        };
+        let wrong =
+            || BrokerError::Invalid(format!("cannot unseal {label}: wrong master key, or the file was altered"));
         let body = sealed
             .strip_prefix(SEALED_HEADER)
             .map(str::trim)
@@ -122,11 +120,8 @@ impl MasterKey {
         let (nonce, ct) = raw.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
         let mut buf = Zeroizing::new(ct.to_vec());
-        let plain_len = self
-            .aead()?
-            .open_in_place(nonce, Aad::from(label.as_bytes()), &mut *buf)
-            .map_err(|_| wrong())?
-            .len();
+        let plain_len =
+            self.aead()?.open_in_place(nonce, Aad::from(label.as_bytes()), &mut buf).map_err(|_| wrong())?.len();
         buf.truncate(plain_len);
         Ok(buf)
     }

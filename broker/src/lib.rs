@@ -26,10 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// How to open the broker.
@@ -114,20 +111,18 @@ impl Broker {
         if created_keys {
             broker
                 .db()
-                .audit(AuditRecord::new(Actor::system(), "ca.created", "ssh user CA, ssh host CA, bastion host key", Outcome::Allow))
+                .audit(AuditRecord::new(
+                    Actor::system(),
+                    "ca.created",
+                    "ssh user CA, ssh host CA, bastion host key",
+                    Outcome::Allow,
+                ))
                 .await?;
         }
         let admin_token = broker.ensure_admin_token().await?;
         broker.recover_after_restart().await?;
         broker.spawn_enforcer();
-        Ok((
-            broker,
-            FirstStart {
-                admin_token,
-                generated_master_key,
-                created_keys,
-            },
-        ))
+        Ok((broker, FirstStart { admin_token, generated_master_key, created_keys }))
     }
 
     pub fn db(&self) -> &db::Db {
@@ -184,14 +179,8 @@ impl Broker {
     /// users' `ssh` trusts any Gatehouse bastion through one
     /// `@cert-authority` line. Issued fresh at every start.
     pub fn bastion_host_certificate(&self) -> Result<Option<gatehouse_ca::ssh_key::Certificate>> {
-        let names: Vec<String> = self
-            .inner
-            .config
-            .bastion_names
-            .iter()
-            .filter(|n| ids::check_name("bastion", n).is_ok())
-            .cloned()
-            .collect();
+        let names: Vec<String> =
+            self.inner.config.bastion_names.iter().filter(|n| ids::check_name("bastion", n).is_ok()).cloned().collect();
         if names.is_empty() {
             return Ok(None);
         }
@@ -224,9 +213,10 @@ impl Broker {
     }
 
     async fn ensure_admin_token(&self) -> Result<Option<tokens::Secret>> {
-        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin' AND revoked_at IS NULL")
-            .fetch_one(self.pool())
-            .await?;
+        let existing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin' AND revoked_at IS NULL")
+                .fetch_one(self.pool())
+                .await?;
         let path = self.inner.data_dir.join("admin.token");
         if existing > 0 && path.exists() {
             return Ok(None);
@@ -235,21 +225,21 @@ impl Broker {
         let (id, secret) = tokens::insert(
             w.conn(),
             tokens::TokenKind::Admin,
-            &tokens::NewToken {
-                created_by: "gatehouse serve (first start)".into(),
-                ..Default::default()
-            },
+            &tokens::NewToken { created_by: "gatehouse serve (first start)".into(), ..Default::default() },
         )
         .await?;
-        w.audit(AuditRecord::new(Actor::system(), "token.create", format!("admin token {id}"), Outcome::Allow))
-            .await?;
+        w.audit(AuditRecord::new(Actor::system(), "token.create", format!("admin token {id}"), Outcome::Allow)).await?;
         keys::write_private(&path, format!("{}\n", secret.expose()).as_bytes())?;
         w.commit().await?;
         Ok(Some(secret))
     }
 
     /// Authenticate an admin API bearer token.
-    pub async fn authenticate_admin(&self, secret: &str, client: Option<std::net::IpAddr>) -> Result<tokens::TokenInfo> {
+    pub async fn authenticate_admin(
+        &self,
+        secret: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<tokens::TokenInfo> {
         match tokens::authenticate(self.pool(), secret, tokens::TokenKind::Admin, client).await? {
             Ok(info) => Ok(info),
             Err((_, why)) => {

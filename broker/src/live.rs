@@ -19,7 +19,13 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
-    pub(crate) fn new(id: String, grant_id: Option<String>, subject_kind: String, subject_id: String, expires_at: Option<i64>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        grant_id: Option<String>,
+        subject_kind: String,
+        subject_id: String,
+        expires_at: Option<i64>,
+    ) -> Self {
         Self {
             id,
             grant_id,

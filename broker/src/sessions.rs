@@ -229,20 +229,31 @@ impl Broker {
         .execute(w.conn())
         .await?;
         w.audit(
-            AuditRecord::new(s.subject.actor(), "session.start", format!("{}@{}", s.login, s.host.name), Outcome::Allow)
-                .session(&id)
-                .client(&s.client_addr)
-                .mcp_session(s.mcp_session_id.clone())
-                .details(serde_json::json!({
-                    "kind": s.kind,
-                    "grant": s.grant_id,
-                    "cert_serial": format!("{serial:016x}"),
-                    "expires_at": s.expires_at,
-                })),
+            AuditRecord::new(
+                s.subject.actor(),
+                "session.start",
+                format!("{}@{}", s.login, s.host.name),
+                Outcome::Allow,
+            )
+            .session(&id)
+            .client(&s.client_addr)
+            .mcp_session(s.mcp_session_id.clone())
+            .details(serde_json::json!({
+                "kind": s.kind,
+                "grant": s.grant_id,
+                "cert_serial": format!("{serial:016x}"),
+                "expires_at": s.expires_at,
+            })),
         )
         .await?;
         w.commit().await?;
-        let live = LiveSession::new(id.clone(), s.grant_id.clone(), s.subject.kind.to_string(), s.subject.id.clone(), s.expires_at);
+        let live = LiveSession::new(
+            id.clone(),
+            s.grant_id.clone(),
+            s.subject.kind.to_string(),
+            s.subject.id.clone(),
+            s.expires_at,
+        );
         self.live().insert(live.clone());
         if let Some(exp) = s.expires_at {
             let l = live.clone();
@@ -254,18 +265,16 @@ impl Broker {
                 }
             });
         }
-        Ok(OpenedSession {
-            id,
-            serial,
-            subject: s.subject,
-            host: s.host,
-            login: s.login,
-            live,
-        })
+        Ok(OpenedSession { id, serial, subject: s.subject, host: s.host, login: s.login, live })
     }
 
     /// Sign the short-lived upstream user certificate for an opened session.
-    pub fn sign_session_certificate(&self, s: &OpenedSession, key: &PublicKey, purpose: CertPurpose) -> Result<Certificate> {
+    pub fn sign_session_certificate(
+        &self,
+        s: &OpenedSession,
+        key: &PublicKey,
+        purpose: CertPurpose,
+    ) -> Result<Certificate> {
         let key_id = format!("gatehouse session={} {}={} host={}", s.id, s.subject.kind, s.subject.name, s.host.name);
         let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
         Ok(self.keys().user_ca.sign_user(
@@ -347,20 +356,26 @@ impl Broker {
         ids::check("s", id)?;
         let now = now_ms();
         let mut w = self.db().write().await?;
-        let n = sqlx::query("UPDATE sessions SET kill_requested_at = $1, kill_reason = $2 WHERE id = $3 AND ended_at IS NULL")
-            .bind(now)
-            .bind(reason)
-            .bind(id)
-            .execute(w.conn())
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE sessions SET kill_requested_at = $1, kill_reason = $2 WHERE id = $3 AND ended_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
         if n == 0 {
             drop(w);
             let s = self.session(id).await?;
             return Err(BrokerError::Conflict(format!("session {} has already ended", s.id)));
         }
-        w.audit(AuditRecord::new(actor.clone(), "session.kill", format!("session:{id}"), Outcome::Allow).session(id).reason(reason))
-            .await?;
+        w.audit(
+            AuditRecord::new(actor.clone(), "session.kill", format!("session:{id}"), Outcome::Allow)
+                .session(id)
+                .reason(reason),
+        )
+        .await?;
         w.commit().await?;
         self.live().end(id, reason);
         self.session(id).await
@@ -388,7 +403,13 @@ impl Broker {
     }
 
     /// Reserve a recording file for a channel and insert its row.
-    pub async fn start_recording(&self, session_id: &str, channel: u32, kind: &str, command: &str) -> Result<NewRecording> {
+    pub async fn start_recording(
+        &self,
+        session_id: &str,
+        channel: u32,
+        kind: &str,
+        command: &str,
+    ) -> Result<NewRecording> {
         let id = ids::new("r");
         let path = self.recordings_dir().join(format!("{id}.cast"));
         sqlx::query(
@@ -427,17 +448,22 @@ impl Broker {
     }
 
     pub async fn recordings_of(&self, session_id: &str) -> Result<Vec<RecordingInfo>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{RECORDING_SELECT} WHERE r.session_id = $1 ORDER BY r.channel, r.started_at")))
-            .bind(session_id)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RECORDING_SELECT} WHERE r.session_id = $1 ORDER BY r.channel, r.started_at"
+        )))
+        .bind(session_id)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(row_to_recording).collect()
     }
 
     pub async fn list_recordings(&self, limit: i64) -> Result<Vec<RecordingInfo>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{RECORDING_SELECT} ORDER BY r.started_at DESC LIMIT {}", limit.clamp(1, 100_000))))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RECORDING_SELECT} ORDER BY r.started_at DESC LIMIT {}",
+            limit.clamp(1, 100_000)
+        )))
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(row_to_recording).collect()
     }
 
@@ -445,10 +471,12 @@ impl Broker {
     pub async fn recording(&self, id: &str) -> Result<RecordingInfo> {
         let row = if id.starts_with("s_") {
             ids::check("s", id)?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("{RECORDING_SELECT} WHERE r.session_id = $1 ORDER BY r.channel, r.started_at LIMIT 1")))
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{RECORDING_SELECT} WHERE r.session_id = $1 ORDER BY r.channel, r.started_at LIMIT 1"
+            )))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
         } else {
             ids::check("r", id)?;
             sqlx::query(sqlx::AssertSqlSafe(format!("{RECORDING_SELECT} WHERE r.id = $1")))
@@ -459,7 +487,7 @@ impl Broker {
         let rec = row_to_recording(&row.ok_or_else(|| BrokerError::NotFound(format!("recording {id}")))?)?;
         // The path is ours, but check it stays inside the recordings dir.
         let expected = self.recordings_dir().join(format!("{}.cast", rec.id));
-        if PathBuf::from(&rec.path) != expected {
+        if std::path::Path::new(&rec.path) != expected {
             return Err(BrokerError::Internal(format!("recording {} has an unexpected path", rec.id)));
         }
         Ok(rec)
@@ -473,8 +501,7 @@ impl Broker {
             .fetch_all(self.pool())
             .await?;
         for id in ids {
-            self.close_session(&id, SessionEnd { reason: "broker restarted".into(), ..Default::default() })
-                .await?;
+            self.close_session(&id, SessionEnd { reason: "broker restarted".into(), ..Default::default() }).await?;
         }
         Ok(())
     }

@@ -115,8 +115,7 @@ pub struct TokenInfo {
     pub cidrs: Vec<String>,
 }
 
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, kind, subject_id, hash, created_at, created_by, expires_at, revoked_at, single_use, used_at, last_used_at, last_used_addr, cidrs";
+pub(crate) const TOKEN_COLUMNS: &str = "id, kind, subject_id, hash, created_at, created_by, expires_at, revoked_at, single_use, used_at, last_used_at, last_used_addr, cidrs";
 
 pub(crate) fn row_to_info(r: &sqlx::any::AnyRow) -> Result<(TokenInfo, String)> {
     let cidrs: String = r.try_get("cidrs")?;
@@ -234,12 +233,8 @@ pub async fn authenticate(
         return Ok(Err((Some(info), TokenRefusal::Expired)));
     }
     if !info.cidrs.is_empty() {
-        let inside = client.is_some_and(|ip| {
-            info.cidrs
-                .iter()
-                .filter_map(|c| c.parse::<IpNet>().ok())
-                .any(|net| net.contains(&ip))
-        });
+        let inside = client
+            .is_some_and(|ip| info.cidrs.iter().filter_map(|c| c.parse::<IpNet>().ok()).any(|net| net.contains(&ip)));
         if !inside {
             return Ok(Err((Some(info), TokenRefusal::OutsideCidr)));
         }

@@ -56,8 +56,8 @@ pub struct User {
 /// Parse and normalise an OpenSSH public key line. Returns (key line without
 /// comment, fingerprint, comment).
 pub fn normalise_key(line: &str) -> Result<(String, String, String)> {
-    let key: PublicKey = gatehouse_ca::parse_public_key(line)
-        .map_err(|e| BrokerError::Invalid(format!("SSH public key: {e}")))?;
+    let key: PublicKey =
+        gatehouse_ca::parse_public_key(line).map_err(|e| BrokerError::Invalid(format!("SSH public key: {e}")))?;
     let comment = key.comment().to_string();
     let bare = gatehouse_ca::public_key_line(&key, "");
     Ok((bare.trim().to_string(), gatehouse_ca::fingerprint(&key), comment))
@@ -85,25 +85,27 @@ impl Broker {
                 other => other,
             })?;
         for (line, fp, comment) in &parsed {
-            sqlx::query("INSERT INTO user_keys (fingerprint, user_id, public_key, comment, created_at) VALUES ($1,$2,$3,$4,$5)")
-                .bind(fp)
-                .bind(&id)
-                .bind(line)
-                .bind(comment)
-                .bind(now)
-                .execute(w.conn())
-                .await
-                .map_err(|e| match BrokerError::from(e) {
-                    BrokerError::Conflict(_) => BrokerError::Conflict(format!("key {fp} is already registered")),
-                    other => other,
-                })?;
+            sqlx::query(
+                "INSERT INTO user_keys (fingerprint, user_id, public_key, comment, created_at) VALUES ($1,$2,$3,$4,$5)",
+            )
+            .bind(fp)
+            .bind(&id)
+            .bind(line)
+            .bind(comment)
+            .bind(now)
+            .execute(w.conn())
+            .await
+            .map_err(|e| match BrokerError::from(e) {
+                BrokerError::Conflict(_) => BrokerError::Conflict(format!("key {fp} is already registered")),
+                other => other,
+            })?;
         }
-        w.audit(
-            AuditRecord::new(actor.clone(), "user.create", format!("user:{name}"), Outcome::Allow).details(serde_json::json!({
+        w.audit(AuditRecord::new(actor.clone(), "user.create", format!("user:{name}"), Outcome::Allow).details(
+            serde_json::json!({
                 "role": role.as_str(),
                 "keys": parsed.iter().map(|(_, fp, _)| fp).collect::<Vec<_>>(),
-            })),
-        )
+            }),
+        ))
         .await?;
         w.commit().await?;
         self.user_by_name(name).await?.ok_or_else(|| BrokerError::NotFound(format!("user {name}")))
@@ -113,16 +115,21 @@ impl Broker {
         let user = self.user_by_name(name).await?.ok_or_else(|| BrokerError::NotFound(format!("user {name}")))?;
         let (line, fp, comment) = normalise_key(key)?;
         let mut w = self.db().write().await?;
-        sqlx::query("INSERT INTO user_keys (fingerprint, user_id, public_key, comment, created_at) VALUES ($1,$2,$3,$4,$5)")
-            .bind(&fp)
-            .bind(&user.id)
-            .bind(&line)
-            .bind(&comment)
-            .bind(now_ms())
-            .execute(w.conn())
-            .await?;
-        w.audit(AuditRecord::new(actor.clone(), "user.key_add", format!("user:{name}"), Outcome::Allow).details(serde_json::json!({"key": fp})))
-            .await?;
+        sqlx::query(
+            "INSERT INTO user_keys (fingerprint, user_id, public_key, comment, created_at) VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(&fp)
+        .bind(&user.id)
+        .bind(&line)
+        .bind(&comment)
+        .bind(now_ms())
+        .execute(w.conn())
+        .await?;
+        w.audit(
+            AuditRecord::new(actor.clone(), "user.key_add", format!("user:{name}"), Outcome::Allow)
+                .details(serde_json::json!({"key": fp})),
+        )
+        .await?;
         w.commit().await?;
         self.user_by_name(name).await?.ok_or_else(|| BrokerError::NotFound(format!("user {name}")))
     }
@@ -148,9 +155,8 @@ impl Broker {
     }
 
     pub async fn list_users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query("SELECT id, name, role, created_at FROM users ORDER BY name")
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, name, role, created_at FROM users ORDER BY name").fetch_all(self.pool()).await?;
         let keys = sqlx::query("SELECT user_id, fingerprint, public_key, comment FROM user_keys ORDER BY created_at")
             .fetch_all(self.pool())
             .await?;
@@ -191,10 +197,12 @@ impl Broker {
     }
 
     async fn with_keys(&self, mut u: User) -> Result<User> {
-        let keys = sqlx::query("SELECT fingerprint, public_key, comment FROM user_keys WHERE user_id = $1 ORDER BY created_at")
-            .bind(&u.id)
-            .fetch_all(self.pool())
-            .await?;
+        let keys = sqlx::query(
+            "SELECT fingerprint, public_key, comment FROM user_keys WHERE user_id = $1 ORDER BY created_at",
+        )
+        .bind(&u.id)
+        .fetch_all(self.pool())
+        .await?;
         u.keys = keys.iter().map(row_to_key).collect::<Result<_>>()?;
         Ok(u)
     }

@@ -8,8 +8,8 @@ mod ssh;
 
 pub use error::CaError;
 pub use ssh::{
-    BACKDATE, CertPurpose, HostCertRequest, MAX_SESSION_CERT_TTL, SshCa, UserCertRequest, fingerprint, generate_ed25519,
-    parse_public_key, public_key_line,
+    BACKDATE, CertPurpose, HostCertRequest, MAX_SESSION_CERT_TTL, SshCa, UserCertRequest, fingerprint,
+    generate_ed25519, parse_public_key, public_key_line,
 };
 
 /// The ssh-key crate, re-exported so callers use the exact version we sign with.

@@ -39,8 +39,7 @@ pub fn public_key_line(key: &PublicKey, comment: &str) -> String {
     key.set_comment(comment);
     // Encoding a key we already hold cannot fail for the key types we accept;
     // fall back to the bare algorithm name rather than panicking.
-    key.to_openssh()
-        .unwrap_or_else(|_| key.algorithm().as_str().to_string())
+    key.to_openssh().unwrap_or_else(|_| key.algorithm().as_str().to_string())
 }
 
 /// SHA-256 fingerprint as OpenSSH prints it (`SHA256:…`).
@@ -54,15 +53,8 @@ fn check_principal(s: &str) -> Result<(), CaError> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && !s.starts_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CaError::InvalidRequest(format!(
-            "principal {s:?} is not a valid login or host name"
-        )))
-    }
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok { Ok(()) } else { Err(CaError::InvalidRequest(format!("principal {s:?} is not a valid login or host name"))) }
 }
 
 /// What the session behind a user certificate may do upstream.
@@ -116,9 +108,7 @@ impl std::fmt::Debug for SshCa {
 impl SshCa {
     /// A brand new CA with a fresh key.
     pub fn generate() -> Self {
-        Self {
-            key: generate_ed25519(),
-        }
+        Self { key: generate_ed25519() }
     }
 
     /// Load a CA from its OpenSSH private key encoding.
@@ -136,9 +126,7 @@ impl SshCa {
     /// The private key in OpenSSH encoding, for the broker to store. The
     /// returned buffer is zeroized on drop.
     pub fn to_openssh(&self) -> Result<zeroize::Zeroizing<String>, CaError> {
-        self.key
-            .to_openssh(LineEnding::LF)
-            .map_err(|e| CaError::InvalidKey(e.to_string()))
+        self.key.to_openssh(LineEnding::LF).map_err(|e| CaError::InvalidKey(e.to_string()))
     }
 
     pub fn public_key(&self) -> &PublicKey {
@@ -219,9 +207,7 @@ impl SshCa {
             return Err(CaError::InvalidKey("certificate is not a host certificate".into()));
         }
         if !cert.valid_principals().iter().any(|p| p == host) {
-            return Err(CaError::InvalidKey(format!(
-                "host certificate is not valid for {host:?}"
-            )));
+            return Err(CaError::InvalidKey(format!("host certificate is not valid for {host:?}")));
         }
         Ok(())
     }

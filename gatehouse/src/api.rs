@@ -47,8 +47,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
         }
         r
     }
@@ -86,12 +85,7 @@ pub fn router(broker: Broker) -> Router {
 
 /// The bearer token from `Authorization`, if present and well-formed.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Refuse credentials passed in the query string (they end up in logs).
@@ -104,7 +98,12 @@ pub fn query_has_credential(req: &Request) -> bool {
     })
 }
 
-async fn require_admin(State(broker): State<Broker>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+async fn require_admin(
+    State(broker): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
     if query_has_credential(&req) {
         return bad("credentials are not accepted in the query string; use the Authorization header").into_response();
     }
@@ -283,13 +282,11 @@ pub fn parse_time(s: &str) -> Result<i64, ApiError> {
         return Ok(ms);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        let ms = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| bad("time before 1970"))?
-            .as_millis();
+        let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| bad("time before 1970"))?.as_millis();
         return i64::try_from(ms).map_err(|_| bad("time out of range"));
     }
-    let d: Duration = parse_duration(s).map_err(|_| bad(format!("{s:?} is neither a duration (30m, 24h) nor a time")))?;
+    let d: Duration =
+        parse_duration(s).map_err(|_| bad(format!("{s:?} is neither a duration (30m, 24h) nor a time")))?;
     Ok(gatehouse_broker::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
 }
 

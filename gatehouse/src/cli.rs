@@ -190,12 +190,8 @@ pub async fn ca(g: &Global, cmd: CaCmd) -> anyhow::Result<()> {
 
 fn read_keys(path: &PathBuf) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let keys: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let keys: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     if keys.is_empty() {
         bail!("{} holds no public key", path.display());
     }
@@ -213,9 +209,7 @@ pub async fn user(g: &Global, cmd: UserCmd) -> anyhow::Result<()> {
             for p in &ssh_keys {
                 keys.extend(read_keys(p)?);
             }
-            let u = api
-                .post("/api/v1/users", &json!({"name": name, "role": role, "ssh_keys": keys}))
-                .await?;
+            let u = api.post("/api/v1/users", &json!({"name": name, "role": role, "ssh_keys": keys})).await?;
             println!("added user {} ({}) with {} key(s)", s(&u, "name"), s(&u, "role"), list(&u["keys"]).len());
         }
         UserCmd::AddKey { name, ssh_key } => {
@@ -239,7 +233,12 @@ pub async fn user(g: &Global, cmd: UserCmd) -> anyhow::Result<()> {
                     .iter()
                     .map(|u| {
                         let keys: Vec<String> = list(&u["keys"]).iter().map(|k| s(k, "fingerprint")).collect();
-                        vec![s(u, "name"), s(u, "role"), if keys.is_empty() { "-".into() } else { keys.join(",") }, time(&u["created_at"])]
+                        vec![
+                            s(u, "name"),
+                            s(u, "role"),
+                            if keys.is_empty() { "-".into() } else { keys.join(",") },
+                            time(&u["created_at"]),
+                        ]
                     })
                     .collect(),
             );
@@ -253,7 +252,9 @@ pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
     match cmd {
         HostCmd::Add { name, address, groups, host_key, scan } => {
             if host_key.is_none() && !scan {
-                bail!("give --host-key FILE_OR_KEYLINE or --scan: Gatehouse never trusts a target's key on first use silently");
+                bail!(
+                    "give --host-key FILE_OR_KEYLINE or --scan: Gatehouse never trusts a target's key on first use silently"
+                );
             }
             let key = match host_key {
                 Some(k) if std::path::Path::new(&k).is_file() => {
@@ -271,9 +272,16 @@ pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
             let h = &v["host"];
             if scan {
                 println!("scanned {} at {}: {}", s(h, "name"), s(h, "address"), s(&v, "scanned_fingerprint"));
-                println!("pinned; verify this fingerprint with the host's owner (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)");
+                println!(
+                    "pinned; verify this fingerprint with the host's owner (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"
+                );
             } else {
-                println!("added host {} at {} with pinned key {}", s(h, "name"), s(h, "address"), s(h, "host_key_fingerprint"));
+                println!(
+                    "added host {} at {} with pinned key {}",
+                    s(h, "name"),
+                    s(h, "address"),
+                    s(h, "host_key_fingerprint")
+                );
             }
         }
         HostCmd::List { json } => {
@@ -286,8 +294,14 @@ pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
                 list(&v)
                     .iter()
                     .map(|h| {
-                        let groups: Vec<String> = list(&h["groups"]).iter().filter_map(|g| g.as_str().map(str::to_string)).collect();
-                        vec![s(h, "name"), s(h, "address"), if groups.is_empty() { "-".into() } else { groups.join(",") }, s(h, "host_key_fingerprint")]
+                        let groups: Vec<String> =
+                            list(&h["groups"]).iter().filter_map(|g| g.as_str().map(str::to_string)).collect();
+                        vec![
+                            s(h, "name"),
+                            s(h, "address"),
+                            if groups.is_empty() { "-".into() } else { groups.join(",") },
+                            s(h, "host_key_fingerprint"),
+                        ]
                     })
                     .collect(),
             );
@@ -301,7 +315,10 @@ pub async fn grant(g: &Global, cmd: GrantCmd) -> anyhow::Result<()> {
     match cmd {
         GrantCmd::Add { user, host, login, ttl, reason } => {
             let v = api
-                .post("/api/v1/grants", &json!({"user": user, "host": host, "login": login, "ttl": ttl, "reason": reason}))
+                .post(
+                    "/api/v1/grants",
+                    &json!({"user": user, "host": host, "login": login, "ttl": ttl, "reason": reason}),
+                )
                 .await?;
             println!(
                 "{} : {} may log in to {} as {} until {}",
@@ -486,7 +503,9 @@ pub async fn audit(g: &Global, args: AuditArgs) -> anyhow::Result<()> {
     match format {
         Format::Json => fmt::json(&v)?,
         Format::Csv => {
-            let mut w = String::from("time,actor_kind,actor,action,resource,outcome,severity,reason,session_id,client_addr,mcp_session_id,id,hash\n");
+            let mut w = String::from(
+                "time,actor_kind,actor,action,resource,outcome,severity,reason,session_id,client_addr,mcp_session_id,id,hash\n",
+            );
             for e in list(&v) {
                 let cells = [
                     time(&e["at"]),
@@ -532,9 +551,5 @@ pub async fn audit(g: &Global, args: AuditArgs) -> anyhow::Result<()> {
 fn csv_cell(c: &str) -> String {
     // Neutralise spreadsheet formulas and quote when needed.
     let c = if c.starts_with(['=', '+', '-', '@']) && c != "-" { format!("'{c}") } else { c.to_string() };
-    if c.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", c.replace('"', "\"\""))
-    } else {
-        c
-    }
+    if c.contains([',', '"', '\n', '\r']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c }
 }

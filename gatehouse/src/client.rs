@@ -19,14 +19,9 @@ impl Api {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
                 let path = global.data_dir.join("admin.token");
-                std::fs::read_to_string(&path)
-                    .map(|s| s.trim().to_string())
-                    .map_err(|_| {
-                        anyhow!(
-                            "no admin token: set GATEHOUSE_TOKEN or run from where {} is readable",
-                            path.display()
-                        )
-                    })?
+                std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|_| {
+                    anyhow!("no admin token: set GATEHOUSE_TOKEN or run from where {} is readable", path.display())
+                })?
             }
         };
         let http = reqwest::Client::builder()
@@ -42,10 +37,8 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach Gatehouse at {}: {}", self.base, root_cause(&e)))?;
+        let resp =
+            req.send().await.map_err(|e| anyhow!("cannot reach Gatehouse at {}: {}", self.base, root_cause(&e)))?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -54,7 +54,11 @@ pub fn gatehouse_bin() -> PathBuf {
     }
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
     let p = target.join("debug").join("gatehouse");
-    assert!(p.exists(), "{} is missing: run `cargo build -p gatehouse` first (the test command in README.md does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p gatehouse` first (the test command in README.md does)",
+        p.display()
+    );
     p
 }
 
@@ -200,7 +204,10 @@ impl Gatehouse {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    bail!("gatehouse serve did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                    bail!(
+                        "gatehouse serve did not become ready; log:\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
                 }
             };
             if expect_token {
@@ -255,7 +262,11 @@ impl Gatehouse {
     /// Run a CLI command that must fail; its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(!out.status.success(), "gatehouse {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "gatehouse {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 
@@ -288,7 +299,8 @@ impl Gatehouse {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = child.try_wait() {
@@ -470,11 +482,7 @@ pub fn ssh_opts(gh: &Gatehouse, key: &UserKey) -> Vec<String> {
 /// `ssh -p PORT TARGET@127.0.0.1 ARGS…` through the bastion.
 pub fn ssh(gh: &Gatehouse, key: &UserKey, target: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ssh");
-    c.args(ssh_opts(gh, key))
-        .arg("-p")
-        .arg(gh.ssh_port.to_string())
-        .arg(format!("{target}@127.0.0.1"))
-        .args(args);
+    c.args(ssh_opts(gh, key)).arg("-p").arg(gh.ssh_port.to_string()).arg(format!("{target}@127.0.0.1")).args(args);
     c
 }
 
@@ -524,7 +532,8 @@ impl World {
     }
 
     pub fn grant(&self, user: &str, host: &str, login: &str, ttl: &str) -> String {
-        let out = self.gh.ok(&["grant", "add", user, "--host", host, "--login", login, "--ttl", ttl, "--reason", "test"]);
+        let out =
+            self.gh.ok(&["grant", "add", user, "--host", host, "--login", login, "--ttl", ttl, "--reason", "test"]);
         out.split_whitespace().next().unwrap().to_string()
     }
 
@@ -535,13 +544,10 @@ impl World {
 
 /// The login the tests use on targets: whoever runs the tests (root in CI).
 pub fn local_login() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            let out = Command::new("id").arg("-un").output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        let out = Command::new("id").arg("-un").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
 }
 
 /// SHA-256 of a byte slice, hex.

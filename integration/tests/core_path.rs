@@ -56,7 +56,11 @@ fn interactive_pty_session_is_recorded(b: Backend) {
     assert!(s["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     let path = s["recording_path"].as_str().expect("recording path in session row");
     let text = std::fs::read_to_string(path).expect("recording file exists");
-    assert_eq!(sha256_file(std::path::Path::new(path)), s["recording_sha256"].as_str().unwrap(), "session row holds the file's SHA-256");
+    assert_eq!(
+        sha256_file(std::path::Path::new(path)),
+        s["recording_sha256"].as_str().unwrap(),
+        "session row holds the file's SHA-256"
+    );
     let mut lines = text.lines();
     let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
@@ -65,7 +69,9 @@ fn interactive_pty_session_is_recorded(b: Backend) {
     let title = header["title"].as_str().unwrap();
     assert!(title.contains("alice") && title.contains("web-1") && title.contains(&login), "{title}");
     let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).expect("every line is a JSON event")).collect();
-    let all = |code: &str| events.iter().filter(|e| e[1] == code).map(|e| e[2].as_str().unwrap().to_string()).collect::<String>();
+    let all = |code: &str| {
+        events.iter().filter(|e| e[1] == code).map(|e| e[2].as_str().unwrap().to_string()).collect::<String>()
+    };
     assert!(all("i").contains("echo typed-$((6*7)) output-marker"), "typed command recorded as input");
     assert!(all("o").contains("typed-42 output-marker"), "its output recorded");
     assert!(events.iter().any(|e| e[1] == "r" && e[2] == "132x43"), "resize recorded");
@@ -111,7 +117,9 @@ fn exit_status_and_signal_pass_through(b: Backend) {
     let rec = rec.as_array().unwrap().iter().find(|r| r["session_id"] == s["id"]).unwrap().clone();
     assert_eq!(rec["exit_signal"], "TERM");
     assert_eq!(rec["command"], "kill -TERM $$");
-    let exit7 = eventually(Duration::from_secs(10), "exit 7 recorded", || sessions(&w.gh).into_iter().find(|s| s["exit_status"] == 7));
+    let exit7 = eventually(Duration::from_secs(10), "exit 7 recorded", || {
+        sessions(&w.gh).into_iter().find(|s| s["exit_status"] == 7)
+    });
     assert_eq!(exit7["end_reason"], "client disconnected");
 }
 
@@ -146,7 +154,9 @@ fn fifty_megabytes_round_trip_intact(b: Backend) {
     assert_eq!(out.stdout.len(), 50_000_000);
     assert_eq!(sha256_hex(&out.stdout), want, "50 MB arrive intact through stdin and stdout");
     // The recording counted and hashed every byte, stored at most the cap.
-    let s = eventually(Duration::from_secs(10), "session closed", || sessions(&w.gh).into_iter().find(|s| s["ended_at"].is_i64()));
+    let s = eventually(Duration::from_secs(10), "session closed", || {
+        sessions(&w.gh).into_iter().find(|s| s["ended_at"].is_i64())
+    });
     assert_eq!(s["bytes_in"], 50_000_000);
     assert_eq!(s["bytes_out"], 50_000_000);
     let rec = w.gh.json(&["recordings", "list"]);
@@ -264,7 +274,8 @@ fn refusals_are_clear_and_audited(b: Backend) {
     assert_eq!(r.stdout, "ok\n");
 
     let denies = w.gh.audit(&["--outcome", "deny"]);
-    let reasons: Vec<String> = denies.iter().map(|e| format!("{} {} {}", e["action"], e["resource"], e["reason"])).collect();
+    let reasons: Vec<String> =
+        denies.iter().map(|e| format!("{} {} {}", e["action"], e["resource"], e["reason"])).collect();
     let has = |action: &str, reason: &str| {
         denies.iter().any(|e| e["action"] == action && e["reason"].as_str().unwrap_or("").contains(reason))
     };
@@ -383,4 +394,52 @@ fn forwarding_is_refused_and_audited(b: Backend) {
     assert_eq!(r.stdout.trim(), "agent=none");
     let ev = w.gh.audit(&["--outcome", "deny"]);
     assert!(ev.iter().any(|e| e["action"] == "ssh.port_forwarding"), "{ev:#?}");
+}
+
+both_backends!(shutdown_drains_and_flushes, recording_is_strict);
+
+fn shutdown_drains_and_flushes(b: Backend) {
+    let mut w = World::new(b);
+    let login = local_login();
+    w.grant("alice", "web-1", &login, "10m");
+    let (child, id) = live_sleep(&w, &login);
+    let status = w.gh.stop().expect("server was running");
+    assert!(status.success(), "gatehouse serve exits cleanly on SIGTERM: {status}");
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session ended: gatehouse is shutting down"));
+    w.gh.restart().unwrap();
+    let s = sessions(&w.gh).into_iter().find(|s| s["id"] == id.as_str()).unwrap();
+    assert_eq!(s["end_reason"], "gatehouse is shutting down");
+    let path = s["recording_path"].as_str().expect("recording in the row");
+    assert_eq!(sha256_file(std::path::Path::new(path)), s["recording_sha256"].as_str().unwrap());
+    let text = std::fs::read_to_string(path).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last[1], "m", "the recording was finished with its closing marker");
+    assert!(last[2].as_str().unwrap().contains("gatehouse: end"));
+    assert!(text.contains("started"), "output before shutdown is in the recording");
+}
+
+fn recording_is_strict(b: Backend) {
+    let w = World::new(b);
+    let login = local_login();
+    w.grant("alice", "web-1", &login, "10m");
+    // Make the recordings directory unusable (a file in its place; root ignores modes).
+    let rec_dir = w.gh.data_dir.join("recordings");
+    std::fs::remove_dir_all(&rec_dir).unwrap();
+    std::fs::write(&rec_dir, b"not a directory").unwrap();
+    let marker = w.sshd.dir.path().join("ran");
+    let r = run(w.ssh(&format!("{login}@web-1"), &[&format!("touch {}; echo ran", marker.display())]));
+    assert_ne!(r.code, Some(0));
+    assert!(!r.stdout.contains("ran"), "{}", r.stdout);
+    assert!(!marker.exists(), "the command never ran unrecorded on the target");
+    assert!(r.stderr.contains("session ended: recording failed"), "{}", r.stderr);
+    let ev = eventually(Duration::from_secs(5), "recording failure audited", || {
+        w.gh.audit(&["--action", "session.recording"]).into_iter().next()
+    });
+    assert_eq!(ev["outcome"], "error");
+    assert_eq!(ev["severity"], "critical");
+    let s = eventually(Duration::from_secs(5), "session closed", || {
+        sessions(&w.gh).into_iter().find(|s| s["ended_at"].is_i64())
+    });
+    assert_eq!(s["end_reason"], "recording failed");
 }
