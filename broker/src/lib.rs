@@ -3,6 +3,8 @@
 //! database; the bastion and the MCP server ask it.
 #![forbid(unsafe_code)]
 
+pub mod agent_access;
+pub mod agents;
 pub mod audit;
 pub mod db;
 pub mod error;

@@ -514,10 +514,15 @@ impl Broker {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
+                }
+                n += 1;
+                if n.is_multiple_of(240) {
+                    let _ = b.prune_nonces().await;
                 }
                 if b.live().is_empty() {
                     continue;
@@ -537,8 +542,10 @@ impl Broker {
     async fn sessions_to_end(&self) -> Result<Vec<(String, String)>> {
         let now = now_ms();
         let rows = sqlx::query(
-            "SELECT s.id, s.kill_requested_at, s.kill_reason, g.revoked_at, g.expires_at, s.expires_at AS s_expires \
+            "SELECT s.id, s.kill_requested_at, s.kill_reason, g.revoked_at, g.expires_at, s.expires_at AS s_expires, \
+             a.status AS agent_status \
              FROM sessions s LEFT JOIN grants g ON g.id = s.grant_id \
+             LEFT JOIN agents a ON s.subject_kind = 'agent' AND a.id = s.subject_id \
              WHERE s.ended_at IS NULL AND s.node_id = $1",
         )
         .bind(self.node_id())
@@ -552,8 +559,11 @@ impl Broker {
             let revoked: Option<i64> = r.try_get("revoked_at")?;
             let g_exp: Option<i64> = r.try_get("expires_at")?;
             let s_exp: Option<i64> = r.try_get("s_expires")?;
+            let agent_status: Option<String> = r.try_get("agent_status")?;
             let reason = if kill.is_some() {
                 Some(kill_reason.unwrap_or_else(|| "killed by an administrator".into()))
+            } else if let Some(st) = agent_status.filter(|st| st != "active") {
+                Some(format!("agent {st}"))
             } else if revoked.is_some() {
                 Some("grant revoked".to_string())
             } else if g_exp.is_some_and(|e| e <= now) || s_exp.is_some_and(|e| e <= now) {

@@ -53,7 +53,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+pub type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
@@ -75,6 +75,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/v1/recordings/{id}/cast", get(recording_cast))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .merge(crate::api_agents::routes())
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

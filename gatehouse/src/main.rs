@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod api_agents;
 mod cli;
+mod cli_agents;
 mod client;
 mod fmt;
 mod serve;
@@ -68,6 +70,21 @@ enum Command {
     },
     /// Query the audit log.
     Audit(cli::AuditArgs),
+    /// AI agents: identities with scopes and groups.
+    Agent {
+        #[command(subcommand)]
+        cmd: cli_agents::AgentCmd,
+    },
+    /// Agents' MCP bearer tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: cli_agents::TokenCmd,
+    },
+    /// The MCP bridge and client configuration.
+    Mcp {
+        #[command(subcommand)]
+        cmd: cli_agents::McpCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +106,9 @@ fn main() -> std::process::ExitCode {
             Command::Sessions { cmd } => cli::sessions(&cli.global, cmd).await,
             Command::Recordings { cmd } => cli::recordings(&cli.global, cmd).await,
             Command::Audit(args) => cli::audit(&cli.global, args).await,
+            Command::Agent { cmd } => cli_agents::agent(&cli.global, cmd).await,
+            Command::Token { cmd } => cli_agents::token(&cli.global, cmd).await,
+            Command::Mcp { cmd } => cli_agents::mcp(&cli.global, cmd).await,
         }
     });
     match result {

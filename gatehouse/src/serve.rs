@@ -34,6 +34,15 @@ pub struct ServeArgs {
     /// Names users reach the bastion by; its host certificate is valid for them.
     #[arg(long = "bastion-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
     bastion_names: Vec<String>,
+    /// Browser origins allowed to call /mcp (default: none; requests with an Origin header get 403).
+    #[arg(long = "mcp-allowed-origin")]
+    mcp_allowed_origins: Vec<String>,
+    /// Host header values accepted on /mcp (DNS-rebinding protection); default loopback names.
+    #[arg(long = "mcp-allowed-host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    mcp_allowed_hosts: Vec<String>,
+    /// Longest SSH session an agent may ask for.
+    #[arg(long, default_value = "1h")]
+    mcp_max_session_ttl: String,
 }
 
 pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<()> {
@@ -76,7 +85,19 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<()> {
         BastionConfig { recording_cap: args.recording_cap, ..Default::default() },
         shutdown.clone(),
     ));
-    let app = crate::api::router(broker.clone());
+    let exec = gatehouse_bastion::exec::ExecSessions::new(args.recording_cap);
+    let mcp_cfg = gatehouse_mcp::McpConfig {
+        allowed_origins: args.mcp_allowed_origins.clone(),
+        allowed_hosts: args.mcp_allowed_hosts.clone(),
+        max_session_ttl: gatehouse_broker::parse_duration(&args.mcp_max_session_ttl)
+            .context("--mcp-max-session-ttl")?,
+        ..Default::default()
+    };
+    let app = crate::api::router(broker.clone()).merge(gatehouse_mcp::router(gatehouse_mcp::McpState::new(
+        broker.clone(),
+        exec,
+        mcp_cfg,
+    )));
     let http_shutdown = shutdown.clone();
     let http_server = tokio::spawn(async move {
         axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())

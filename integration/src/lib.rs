@@ -574,3 +574,105 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// The Python with the official MCP SDK: `GATEHOUSE_TEST_PYTHON` (set by the
+/// test command), else the venv the test command makes.
+pub fn test_python() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = workspace().join("target/test-venv/bin/python");
+    assert!(p.exists(), "no Python with the mcp SDK: run ./scripts/test.sh (it creates {})", p.display());
+    p
+}
+
+/// Run MCP operations through the official Python SDK over streamable HTTP.
+/// `extra` are more client arguments (e.g. `--mode auto`, `--header K: V`).
+pub fn mcp_http(gh: &Gatehouse, token: &str, extra: &[&str], ops: Value) -> Value {
+    let mut args = vec!["--url".to_string(), format!("{}/mcp", gh.url()), "--token".into(), token.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    mcp_run(&args, ops)
+}
+
+/// Run MCP operations through the SDK against `gatehouse mcp stdio`, spawned
+/// as a child process the way an AI client does, with `env`.
+pub fn mcp_stdio(env: &[(&str, &str)], ops: Value) -> Value {
+    let mut args = vec!["--stdio".to_string(), gatehouse_bin().display().to_string()];
+    for (k, v) in env {
+        args.push("--env".into());
+        args.push(format!("{k}={v}"));
+    }
+    mcp_run(&args, ops)
+}
+
+fn mcp_run(args: &[String], ops: Value) -> Value {
+    use std::io::Write as _;
+    let mut child = Command::new(test_python())
+        .arg(workspace().join("integration/python/mcp_client.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the Python MCP client");
+    child.stdin.take().unwrap().write_all(ops.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("MCP client printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The `n`th result of an MCP run.
+pub fn mcp_result(v: &Value, n: usize) -> &Value {
+    &v["results"][n]
+}
+
+/// A plain HTTP exchange: status, lower-cased headers, body text.
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+/// One HTTP request to the server under test.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpReply {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut req = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let resp = req.send().expect("HTTP request");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    HttpReply { status, headers, body: resp.text().unwrap_or_default() }
+}
+
+/// Create an agent and a bearer token for it; returns the token.
+pub fn agent_with_token(gh: &Gatehouse, name: &str, scopes: &str, groups: &str, token_args: &[&str]) -> String {
+    gh.ok(&["agent", "create", name, "--owner", "alice", "--scopes", scopes, "--groups", groups]);
+    token_for(gh, name, token_args)
+}
+
+/// A new token for an existing agent (the second line `token create` prints).
+pub fn token_for(gh: &Gatehouse, name: &str, token_args: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--agent", name];
+    args.extend_from_slice(token_args);
+    let out = gh.ok(&args);
+    let token = out.lines().nth(1).unwrap().trim().to_string();
+    assert!(token.starts_with("ghagt_"), "{out}");
+    token
+}
+
+/// Did the MCP client fail to connect because the server said 401?
+pub fn mcp_refused_401(v: &Value) -> bool {
+    v.get("connect_error").is_some_and(|e| !e.is_null())
+        && v["http_statuses"].as_array().is_some_and(|s| s.iter().any(|x| x == 401))
+}
