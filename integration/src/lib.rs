@@ -372,10 +372,11 @@ impl Sshd {
         let log = dir.path().join("sshd.log");
         for _attempt in 0..5 {
             let port = free_port();
+            // sshd keeps the first value it reads for an option: extra lines go first.
             let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nTrustedUserCAKeys {ca}\nAuthorizedKeysFile none\n\
+                "{extra_config}\nPort {port}\nListenAddress 127.0.0.1\nHostKey {key}\nTrustedUserCAKeys {ca}\nAuthorizedKeysFile none\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n\
-                 StrictModes no\nPidFile {pid}\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 200\nMaxSessions 100\n{extra_config}\n",
+                 StrictModes no\nPidFile {pid}\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\nMaxStartups 200\nMaxSessions 100\n",
                 key = key.display(),
                 ca = dir.path().join("user_ca.pub").display(),
                 pid = dir.path().join("sshd.pid").display(),
