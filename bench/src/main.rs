@@ -32,12 +32,23 @@ fn setup() -> Result<Setup> {
     let dir = tempfile::tempdir()?;
     let auth = dir.path().join("authorized_keys");
     std::fs::copy(&key.public, &auth)?;
-    let extra = format!("AuthorizedKeysFile {}\nMaxStartups 2000\nMaxSessions 2000\nAllowTcpForwarding yes", auth.display());
+    let extra =
+        format!("AuthorizedKeysFile {}\nMaxStartups 2000\nMaxSessions 2000\nAllowTcpForwarding yes", auth.display());
     let target = Sshd::start_with(&gh.user_ca(), &extra)?;
     let jump = Sshd::start_with(&gh.user_ca(), &extra)?;
     let login = local_login();
     gh.ok(&["user", "add", "alice", "--ssh-key", key.public.to_str().unwrap()]);
-    gh.ok(&["host", "add", "web-1", "--address", &target.address(), "--group", "bench", "--host-key", target.host_key_pub.to_str().unwrap()]);
+    gh.ok(&[
+        "host",
+        "add",
+        "web-1",
+        "--address",
+        &target.address(),
+        "--group",
+        "bench",
+        "--host-key",
+        target.host_key_pub.to_str().unwrap(),
+    ]);
     gh.ok(&["grant", "add", "alice", "--host", "web-1", "--login", &login, "--ttl", "2h"]);
     let known_hosts = dir.path().join("known_hosts");
     let mut kh = std::fs::read_to_string(&gh.known_hosts)?;
@@ -213,7 +224,13 @@ fn idle(s: &Setup, n: usize, results: &mut Value) -> Result<()> {
     // warm up allocator and caches with a few sessions first
     let mut warm = Vec::new();
     for _ in 0..10 {
-        warm.push(ssh(s, Path::Gatehouse, &["-tt"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        warm.push(
+            ssh(s, Path::Gatehouse, &["-tt"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
     }
     eventually(Duration::from_secs(60), "warm-up sessions", || (active_sessions(s) >= 10).then_some(()));
     std::thread::sleep(Duration::from_secs(2));
@@ -221,7 +238,13 @@ fn idle(s: &Setup, n: usize, results: &mut Value) -> Result<()> {
     let mut children = Vec::new();
     let start = Instant::now();
     for i in 0..n {
-        children.push(ssh(s, Path::Gatehouse, &["-tt"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        children.push(
+            ssh(s, Path::Gatehouse, &["-tt"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
         if i % 50 == 49 {
             // let the target's MaxStartups breathe
             eventually(Duration::from_secs(120), "sessions", || (active_sessions(s) >= 10 + i + 1 - 20).then_some(()));
@@ -245,11 +268,17 @@ fn idle(s: &Setup, n: usize, results: &mut Value) -> Result<()> {
 }
 
 async fn mcp_client(url: &str, token: &str) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>> {
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url).auth_header(token));
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url).auth_header(token),
+    );
     Ok(().serve(transport).await?)
 }
 
-async fn timed_call(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>, name: &'static str, args: Value) -> Result<(f64, Value)> {
+async fn timed_call(
+    c: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    name: &'static str,
+    args: Value,
+) -> Result<(f64, Value)> {
     let mut p = CallToolRequestParams::new(name);
     if let Value::Object(m) = args {
         p = p.with_arguments(m);
@@ -265,7 +294,17 @@ async fn timed_call(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>, nam
 
 async fn mcp(s: &Setup, calls: usize, results: &mut Value) -> Result<()> {
     println!("\n## MCP tool calls (rmcp client over streamable HTTP, bearer token)\n");
-    s.gh.ok(&["agent", "create", "bench", "--owner", "alice", "--scopes", "host:read,ssh_session:request", "--groups", "bench"]);
+    s.gh.ok(&[
+        "agent",
+        "create",
+        "bench",
+        "--owner",
+        "alice",
+        "--scopes",
+        "host:read,ssh_session:request",
+        "--groups",
+        "bench",
+    ]);
     let token = token_for(&s.gh, "bench", &[]);
     let url = format!("{}/mcp", s.gh.url());
     let mut whoami = json!({});
@@ -293,12 +332,21 @@ async fn mcp(s: &Setup, calls: usize, results: &mut Value) -> Result<()> {
         }
         let wall = start.elapsed().as_secs_f64();
         let (p50, p99) = (percentile(all.clone(), 0.5), percentile(all.clone(), 0.99));
-        println!("gatehouse_whoami, {clients} client(s) × {calls} calls: p50 {p50:.2} ms, p99 {p99:.2} ms, {:.0} calls/s", all.len() as f64 / wall);
-        whoami[format!("clients_{clients}")] = json!({"p50_ms": p50, "p99_ms": p99, "calls": all.len(), "calls_per_s": all.len() as f64 / wall});
+        println!(
+            "gatehouse_whoami, {clients} client(s) × {calls} calls: p50 {p50:.2} ms, p99 {p99:.2} ms, {:.0} calls/s",
+            all.len() as f64 / wall
+        );
+        whoami[format!("clients_{clients}")] =
+            json!({"p50_ms": p50, "p99_ms": p99, "calls": all.len(), "calls_per_s": all.len() as f64 / wall});
     }
     // exec on an open session versus a fresh ssh through the bastion
     let c = mcp_client(&url, &token).await?;
-    let (_, granted) = timed_call(&c, "gatehouse_request_ssh_session", json!({"host": "web-1", "login": s.login, "reason": "benchmark", "ttl_seconds": 3600})).await?;
+    let (_, granted) = timed_call(
+        &c,
+        "gatehouse_request_ssh_session",
+        json!({"host": "web-1", "login": s.login, "reason": "benchmark", "ttl_seconds": 3600}),
+    )
+    .await?;
     let sid = granted["session_id"].as_str().context("session id")?.to_string();
     let runs = 30;
     let mut exec = Vec::new();
@@ -311,8 +359,12 @@ async fn mcp(s: &Setup, calls: usize, results: &mut Value) -> Result<()> {
         fresh.push(time_true(s, Path::Gatehouse)?);
     }
     let (e, f) = (median(exec), median(fresh));
-    println!("\ngatehouse_ssh_exec `true` on an open session: median {e:.1} ms; fresh `ssh … true` through the bastion: {f:.1} ms; ratio {:.2}×", e / f);
-    results["mcp"] = json!({"whoami": whoami, "exec_open_session_ms": e, "fresh_ssh_ms": f, "exec_over_fresh_ssh": e / f});
+    println!(
+        "\ngatehouse_ssh_exec `true` on an open session: median {e:.1} ms; fresh `ssh … true` through the bastion: {f:.1} ms; ratio {:.2}×",
+        e / f
+    );
+    results["mcp"] =
+        json!({"whoami": whoami, "exec_open_session_ms": e, "fresh_ssh_ms": f, "exec_over_fresh_ssh": e / f});
     c.cancel().await.ok();
     Ok(())
 }
@@ -320,11 +372,14 @@ async fn mcp(s: &Setup, calls: usize, results: &mut Value) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s || a == "all");
-    let num = |name: &str, default: u64| -> u64 {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-    };
+    let num =
+        |name: &str, default: u64| -> u64 { std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default) };
     let s = setup()?;
-    println!("# Gatehouse benchmark\n\nmachine: {} cores; OpenSSH: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), openssh_version());
+    println!(
+        "# Gatehouse benchmark\n\nmachine: {} cores; OpenSSH: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        openssh_version()
+    );
     let mut results = json!({});
     if want("connect") {
         connect(&s, num("BENCH_CONNECT_RUNS", 30) as usize, &mut results)?;

@@ -134,7 +134,7 @@ impl AuditRecord {
 }
 
 /// A stored event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AuditEvent {
     pub seq: i64,
     pub id: String,

@@ -75,6 +75,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/v1/recordings/{id}/cast", get(recording_cast))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/audit/export", get(audit_export))
         .merge(crate::api_agents::routes())
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_admin));
     Router::new()
@@ -319,4 +320,24 @@ async fn audit(State(b): State<Broker>, Query(p): Query<AuditParams>) -> ApiResu
 
 async fn audit_verify(State(b): State<Broker>) -> ApiResult {
     Ok(Json(json!(b.audit_verify().await?)))
+}
+
+#[derive(Deserialize)]
+struct ExportParams {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// Evidence: the events in a window with their hashes, and the chain as
+/// verified at export time (its head covers every earlier event).
+async fn audit_export(State(b): State<Broker>, Query(p): Query<ExportParams>) -> ApiResult {
+    let chain = b.audit_verify().await?;
+    let q = AuditQuery {
+        since_ms: p.since.as_deref().map(parse_time).transpose()?,
+        until_ms: p.until.as_deref().map(parse_time).transpose()?,
+        limit: Some(100_000),
+        ..Default::default()
+    };
+    let events = b.audit_query(&q).await?;
+    Ok(Json(json!({ "events": events, "chain": chain, "exported_at": gatehouse_broker::now_ms() })))
 }

@@ -167,8 +167,22 @@ pub struct AuditArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Walk the hash chain and name the first broken link.
-    Verify,
+    /// Walk the hash chain and name the first broken link (on the server, or
+    /// offline in an exported JSONL file with --file).
+    Verify {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write evidence: every event with its hashes, and the chain head, so an
+    /// auditor can check it offline (`gatehouse audit verify --file`).
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_parser = ["jsonl", "csv"], default_value = "jsonl")]
+        format: String,
+    },
 }
 
 pub async fn ca(g: &Global, cmd: CaCmd) -> anyhow::Result<()> {
@@ -474,17 +488,22 @@ async fn play(bytes: &[u8], speed: f64, idle_limit: f64) -> anyhow::Result<()> {
 }
 
 pub async fn audit(g: &Global, args: AuditArgs) -> anyhow::Result<()> {
-    let api = Api::new(g)?;
-    if let Some(AuditCmd::Verify) = args.cmd {
-        let v = api.get("/api/v1/audit/verify").await?;
-        match v.get("broken_at").filter(|b| !b.is_null()) {
-            None => {
-                println!("audit chain intact: {} events, head {}", s(&v, "events"), s(&v, "head"));
-                return Ok(());
-            }
-            Some(b) => bail!("audit chain broken at event #{} ({}): {}", s(b, "seq"), s(b, "id"), s(b, "problem")),
+    match args.cmd {
+        Some(AuditCmd::Verify { file: Some(f) }) => return verify_file(&f),
+        Some(AuditCmd::Verify { file: None }) => {
+            let v = Api::new(g)?.get("/api/v1/audit/verify").await?;
+            return match v.get("broken_at").filter(|b| !b.is_null()) {
+                None => {
+                    println!("audit chain intact: {} events, head {}", s(&v, "events"), s(&v, "head"));
+                    Ok(())
+                }
+                Some(b) => bail!("audit chain broken at event #{} ({}): {}", s(b, "seq"), s(b, "id"), s(b, "problem")),
+            };
         }
+        Some(AuditCmd::Export { since, until, format }) => return export(g, since, until, &format).await,
+        None => {}
     }
+    let api = Api::new(g)?;
     let mut q = vec![format!("limit={}", args.limit)];
     for (k, v) in [
         ("since", &args.since),
@@ -552,4 +571,107 @@ fn csv_cell(c: &str) -> String {
     // Neutralise spreadsheet formulas and quote when needed.
     let c = if c.starts_with(['=', '+', '-', '@']) && c != "-" { format!("'{c}") } else { c.to_string() };
     if c.contains([',', '"', '\n', '\r']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c }
+}
+
+/// Every event (with hashes) since/until, then the chain head.
+async fn export(g: &Global, since: Option<String>, until: Option<String>, format: &str) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    let mut q = Vec::new();
+    if let Some(v) = since {
+        q.push(format!("since={}", enc(&v)));
+    }
+    if let Some(v) = until {
+        q.push(format!("until={}", enc(&v)));
+    }
+    let v = api.get(&format!("/api/v1/audit/export?{}", q.join("&"))).await?;
+    let events = list(&v["events"]);
+    let chain = &v["chain"];
+    let mut out = std::io::stdout().lock();
+    if format == "jsonl" {
+        for e in events {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        }
+        writeln!(out, "{}", serde_json::to_string(&json!({"chain": chain, "exported_at": v["exported_at"]}))?)?;
+    } else {
+        writeln!(
+            out,
+            "seq,id,at,actor_kind,actor,action,resource,outcome,severity,reason,session_id,client_addr,mcp_session_id,details,prev_hash,hash"
+        )?;
+        for e in events {
+            let cells = [
+                s(e, "seq"),
+                s(e, "id"),
+                s(e, "at"),
+                s(e, "actor_kind"),
+                s(e, "actor"),
+                s(e, "action"),
+                s(e, "resource"),
+                s(e, "outcome"),
+                s(e, "severity"),
+                s(e, "reason"),
+                s(e, "session_id"),
+                s(e, "client_addr"),
+                s(e, "mcp_session_id"),
+                e["details"].to_string(),
+                s(e, "prev_hash"),
+                s(e, "hash"),
+            ];
+            writeln!(out, "{}", cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","))?;
+        }
+        writeln!(
+            out,
+            "# chain head {} over {} events; broken: {}",
+            s(chain, "head"),
+            s(chain, "events"),
+            chain["broken_at"]
+        )?;
+    }
+    Ok(())
+}
+
+/// Check an exported JSONL file offline: each event's hash covers its
+/// content and its predecessor's hash, links are unbroken, and the last hash
+/// is the chain head recorded at export time.
+fn verify_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut prev: Option<String> = None;
+    let mut n = 0u64;
+    let mut head = None;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).with_context(|| format!("line {} is not JSON", i + 1))?;
+        if let Some(chain) = v.get("chain") {
+            head = chain.get("head").and_then(|h| h.as_str()).map(str::to_string);
+            continue;
+        }
+        let e: gatehouse_broker::AuditEvent =
+            serde_json::from_value(v).with_context(|| format!("line {} is not an audit event", i + 1))?;
+        if let Some(p) = &prev
+            && &e.prev_hash != p
+        {
+            bail!(
+                "broken at line {} (event #{} {}): its predecessor hash does not match the previous event",
+                i + 1,
+                e.seq,
+                e.id
+            );
+        }
+        if gatehouse_broker::audit::link_hash(&e.prev_hash, &e) != e.hash {
+            bail!("broken at line {} (event #{} {}): its content does not match its hash", i + 1, e.seq, e.id);
+        }
+        prev = Some(e.hash.clone());
+        n += 1;
+    }
+    match (&prev, &head) {
+        (Some(p), Some(h)) if p == h => {}
+        (None, _) => bail!("no events in {}", path.display()),
+        (_, None) => bail!("no chain head line in {} (was it cut short?)", path.display()),
+        (Some(p), Some(h)) => {
+            bail!("the last event's hash {p} is not the exported chain head {h} (events were removed from the end)")
+        }
+    }
+    println!("export intact: {n} events, chain head {}", prev.unwrap_or_default());
+    Ok(())
 }

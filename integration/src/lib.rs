@@ -296,6 +296,28 @@ impl Gatehouse {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Run one SQL statement directly on the server's database (to play the
+    /// attacker who edits rows behind Gatehouse's back). Returns rows as text.
+    pub fn sql(&self, stmt: &str) -> String {
+        let out = match &self.pg {
+            Some(pg) => Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &pg.name, "-v", "ON_ERROR_STOP=1", "-tA", "-c", stmt])
+                .output()
+                .expect("psql"),
+            None => Command::new("python3")
+                .args([
+                    "-c",
+                    "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); r=c.execute(sys.argv[2]).fetchall(); c.commit(); print('\\n'.join('|'.join(str(x) for x in row) for row in r))",
+                ])
+                .arg(self.data_dir.join("gatehouse.db"))
+                .arg(stmt)
+                .output()
+                .expect("python3 sqlite3"),
+        };
+        assert!(out.status.success(), "SQL {stmt:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
