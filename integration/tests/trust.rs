@@ -85,7 +85,7 @@ fn crash_closes_sessions_and_keeps_every_event(b: Backend) {
     let mut w = World::new(b);
     let login = local_login();
     w.grant("alice", "web-1", &login, "10m");
-    let child = w
+    let mut child = w
         .ssh(&format!("{login}@web-1"), &["-tt"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -102,7 +102,7 @@ fn crash_closes_sessions_and_keeps_every_event(b: Backend) {
     let rec = eventually(Duration::from_secs(15), "recording", || {
         w.gh.json(&["recordings", "list"]).as_array().unwrap().first().map(|r| r["path"].as_str().unwrap().to_string())
     });
-    let mut stdin = child.stdin;
+    let mut stdin = child.stdin.take();
     use std::io::Write;
     stdin.as_mut().unwrap().write_all(b"echo before-the-crash-$((40+2))\n").unwrap();
     eventually(Duration::from_secs(10), "output recorded", || {
@@ -127,4 +127,6 @@ fn crash_closes_sessions_and_keeps_every_event(b: Backend) {
     );
     verify(&w.gh).expect("chain intact after a crash");
     drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
 }
