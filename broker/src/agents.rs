@@ -162,6 +162,31 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
+/// Check a signed request against an enrolled key, without touching the
+/// nonce store: timestamp within the skew window, well-formed nonce, valid
+/// Ed25519 signature over method, path, timestamp, nonce and body hash.
+pub fn verify_signature(key_line: &str, req: &SignedRequest<'_>, now_s: i64) -> std::result::Result<(), String> {
+    let ts: i64 = req.timestamp.parse().map_err(|_| "malformed timestamp")?;
+    let skew = i64::try_from(SIGNATURE_SKEW.as_secs()).unwrap_or(60);
+    if now_s.saturating_sub(ts).abs() > skew {
+        return Err("timestamp outside the allowed clock skew".into());
+    }
+    if req.nonce.len() < 16 || req.nonce.len() > 64 || !req.nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("malformed nonce".into());
+    }
+    if req.signature_b64.len() > 200 {
+        return Err("malformed signature".into());
+    }
+    let sig_bytes = B64.decode(req.signature_b64).map_err(|_| "malformed signature")?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig_bytes).map_err(|_| "malformed signature")?;
+    let key = gatehouse_ca::parse_public_key(key_line).map_err(|_| "enrolled key unreadable")?;
+    let raw = key.key_data().ed25519().ok_or("enrolled key is not Ed25519")?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw.0).map_err(|_| "enrolled key unreadable")?;
+    let body_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(req.body));
+    let msg = signing_string(req.method, req.path, ts, req.nonce, &body_hash);
+    vk.verify_strict(msg.as_bytes(), &sig).map_err(|_| "bad signature".to_string())
+}
+
 impl Broker {
     pub async fn create_agent(&self, actor: &Actor, a: &NewAgent) -> Result<Agent> {
         ids::check_name("agent", &a.name)?;
@@ -551,23 +576,7 @@ impl Broker {
             .await
             .map_err(|e| format!("storage: {e}"))?
             .ok_or("agent has no enrolled signing key")?;
-        let ts: i64 = req.timestamp.parse().map_err(|_| "malformed timestamp")?;
-        let now_s = now_ms() / 1000;
-        let skew = i64::try_from(SIGNATURE_SKEW.as_secs()).unwrap_or(60);
-        if (now_s - ts).abs() > skew {
-            return Err("timestamp outside the allowed clock skew".into());
-        }
-        if req.nonce.len() < 16 || req.nonce.len() > 64 || !req.nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err("malformed nonce".into());
-        }
-        let sig_bytes = B64.decode(req.signature_b64).map_err(|_| "malformed signature")?;
-        let sig = ed25519_dalek::Signature::from_slice(&sig_bytes).map_err(|_| "malformed signature")?;
-        let key = gatehouse_ca::parse_public_key(&key_line).map_err(|_| "enrolled key unreadable")?;
-        let raw = key.key_data().ed25519().ok_or("enrolled key is not Ed25519")?;
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw.0).map_err(|_| "enrolled key unreadable")?;
-        let body_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(req.body));
-        let msg = signing_string(req.method, req.path, ts, req.nonce, &body_hash);
-        vk.verify_strict(msg.as_bytes(), &sig).map_err(|_| "bad signature")?;
+        verify_signature(&key_line, req, now_ms() / 1000)?;
         // Only a correctly signed request may consume a nonce.
         let inserted = sqlx::query("INSERT INTO agent_nonces (agent_id, nonce, seen_at) VALUES ($1,$2,$3)")
             .bind(&agent.id)
@@ -592,5 +601,52 @@ impl Broker {
             .execute(self.pool())
             .await?
             .rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer;
+
+    fn signed(key: &ed25519_dalek::SigningKey, ts: i64, nonce: &str, body: &[u8]) -> String {
+        let msg = signing_string(
+            "POST",
+            "/api/agent/v1/tools/call",
+            ts,
+            nonce,
+            &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
+        );
+        B64.encode(key.sign(msg.as_bytes()).to_bytes())
+    }
+
+    #[test]
+    fn signatures_cover_method_path_time_nonce_and_body() {
+        let k = gatehouse_ca::generate_ed25519();
+        let line = gatehouse_ca::public_key_line(k.public_key(), "");
+        let sk = ed25519_dalek::SigningKey::from_bytes(k.key_data().ed25519().unwrap().private.as_ref());
+        let nonce = "0123456789abcdef0123";
+        let sig = signed(&sk, 1000, nonce, b"{}");
+        let req = SignedRequest {
+            agent: "a",
+            method: "POST",
+            path: "/api/agent/v1/tools/call",
+            timestamp: "1000",
+            nonce,
+            signature_b64: &sig,
+            body: b"{}",
+        };
+        assert_eq!(verify_signature(&line, &req, 1010), Ok(()));
+        assert!(verify_signature(&line, &req, 1000 + 61).unwrap_err().contains("skew"));
+        let other_body = SignedRequest { body: b"{\"x\":1}", ..req.clone() };
+        assert_eq!(verify_signature(&line, &other_body, 1000).unwrap_err(), "bad signature");
+        let other_path = SignedRequest { path: "/api/agent/v1/tools/list", ..req.clone() };
+        assert_eq!(verify_signature(&line, &other_path, 1000).unwrap_err(), "bad signature");
+        let other_nonce = SignedRequest { nonce: "0123456789abcdef0124", ..req.clone() };
+        assert_eq!(verify_signature(&line, &other_nonce, 1000).unwrap_err(), "bad signature");
+        let get = SignedRequest { method: "GET", ..req.clone() };
+        assert_eq!(verify_signature(&line, &get, 1000).unwrap_err(), "bad signature");
+        let bad = SignedRequest { signature_b64: "!!", ..req };
+        assert_eq!(verify_signature(&line, &bad, 1000).unwrap_err(), "malformed signature");
     }
 }

@@ -402,7 +402,8 @@ impl Broker {
         rows.iter().map(row_to_session).collect()
     }
 
-    /// Reserve a recording file for a channel and insert its row.
+    /// Reserve a recording file for a channel and insert its row, with the
+    /// `session.channel` event naming what runs (shell, exec command, sftp).
     pub async fn start_recording(
         &self,
         session_id: &str,
@@ -412,6 +413,14 @@ impl Broker {
     ) -> Result<NewRecording> {
         let id = ids::new("r");
         let path = self.recordings_dir().join(format!("{id}.cast"));
+        let command = crate::audit::cap(command, 4000);
+        let mut w = self.db().write().await?;
+        let row = sqlx::query(
+            "SELECT subject_kind, subject_name, host_name, login, client_addr, mcp_session_id FROM sessions WHERE id = $1",
+        )
+        .bind(session_id)
+        .fetch_one(w.conn())
+        .await?;
         sqlx::query(
             "INSERT INTO recordings (id, session_id, channel, kind, command, path, started_at) VALUES ($1,$2,$3,$4,$5,$6,$7)",
         )
@@ -419,11 +428,25 @@ impl Broker {
         .bind(session_id)
         .bind(i64::from(channel))
         .bind(kind)
-        .bind(crate::audit::cap(command, 4000))
+        .bind(&command)
         .bind(path.to_string_lossy().to_string())
         .bind(now_ms())
-        .execute(self.pool())
+        .execute(w.conn())
         .await?;
+        let kind_s: String = row.try_get("subject_kind")?;
+        let name: String = row.try_get("subject_name")?;
+        let actor = if kind_s == "agent" { Actor::agent(name) } else { Actor::user(name) };
+        let host: String = row.try_get("host_name")?;
+        let login: String = row.try_get("login")?;
+        w.audit(
+            AuditRecord::new(actor, "session.channel", format!("{login}@{host}"), Outcome::Allow)
+                .session(session_id)
+                .client(row.try_get::<String, _>("client_addr")?)
+                .mcp_session(row.try_get("mcp_session_id")?)
+                .details(serde_json::json!({"kind": kind, "command": command, "channel": channel, "recording": id})),
+        )
+        .await?;
+        w.commit().await?;
         Ok(NewRecording { id, path })
     }
 

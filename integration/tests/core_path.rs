@@ -390,10 +390,29 @@ fn forwarding_is_refused_and_audited(b: Backend) {
     let r = run(w.ssh(&format!("{login}@web-1"), &["-W", &w.sshd.address()]));
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("port forwarding is disabled by Gatehouse"), "{}", r.stderr);
-    let r = run(w.ssh(&format!("{login}@web-1"), &["-A", "echo agent=${SSH_AUTH_SOCK:-none}"]));
-    assert_eq!(r.stdout.trim(), "agent=none");
+    // Agent forwarding: a real ssh-agent on the user's side, `ssh -A`.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut agent =
+        std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).stdout(Stdio::null()).spawn().unwrap();
+    eventually(Duration::from_secs(5), "ssh-agent socket", || sock.exists().then_some(()));
+    let mut c = w.ssh(&format!("{login}@web-1"), &["-A", "echo agent=${SSH_AUTH_SOCK:-none}"]);
+    c.env("SSH_AUTH_SOCK", &sock);
+    let r = run(c);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(r.stdout.trim(), "agent=none", "the target never sees a forwarded agent");
+    assert!(r.stderr.contains("agent forwarding is disabled"), "{}", r.stderr);
     let ev = w.gh.audit(&["--outcome", "deny"]);
     assert!(ev.iter().any(|e| e["action"] == "ssh.port_forwarding"), "{ev:#?}");
+    assert!(ev.iter().any(|e| e["action"] == "ssh.agent_forwarding"), "{ev:#?}");
+    // Each command is an audit event naming it.
+    let chans = w.gh.audit(&["--action", "session.channel"]);
+    assert!(
+        chans
+            .iter()
+            .any(|e| e["details"]["command"] == "echo agent=${SSH_AUTH_SOCK:-none}" && e["details"]["kind"] == "exec")
+    );
 }
 
 both_backends!(shutdown_drains_and_flushes, recording_is_strict);

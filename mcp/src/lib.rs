@@ -24,7 +24,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 pub use error::McpError;
-pub use tools::{TOOL_NAMES, tool_scope};
+pub use tools::{TOOL_NAMES, check_arguments, tool_scope};
 
 /// MCP settings.
 #[derive(Debug, Clone)]

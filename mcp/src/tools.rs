@@ -211,6 +211,26 @@ fn parse<T: DeserializeOwned>(name: &str, args: Option<JsonObject>) -> Result<T,
     serde_json::from_value(v).map_err(|e| invalid(format!("invalid arguments for {name}: {e}")))
 }
 
+/// Check a tool call's arguments exactly as a call would (known tool, size,
+/// shape and types), without running anything. Used by the fuzz targets.
+pub fn check_arguments(name: &str, args: Option<JsonObject>, max_bytes: usize) -> Result<(), ErrorData> {
+    if !DEFS.iter().any(|d| d.name == name) {
+        return Err(invalid(format!("unknown tool {:?}", cap(name, 80))));
+    }
+    let size = args.as_ref().map(|a| serde_json::to_vec(a).map(|v| v.len()).unwrap_or(usize::MAX)).unwrap_or(0);
+    if size > max_bytes {
+        return Err(invalid(format!("arguments of {name} are too large ({size} bytes; the limit is {max_bytes})")));
+    }
+    match name {
+        "gatehouse_request_ssh_session" => parse::<RequestSession>(name, args).map(drop),
+        "gatehouse_ssh_exec" => parse::<Exec>(name, args).map(drop),
+        "gatehouse_close_ssh_session" => parse::<CloseSession>(name, args).map(drop),
+        "gatehouse_write_audit_event" => parse::<WriteAudit>(name, args).map(drop),
+        "gatehouse_query_audit" => parse::<QueryAudit>(name, args).map(drop),
+        _ => parse::<NoArgs>(name, args).map(drop),
+    }
+}
+
 /// Dispatch a tool call.
 pub async fn call(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, ErrorData> {
     let Some(def) = DEFS.iter().find(|d| d.name == name) else {
