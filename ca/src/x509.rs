@@ -65,12 +65,12 @@ pub fn normalise_serial(s: &str) -> Result<String, CaError> {
     // Leading zero bytes are not part of the number.
     let trimmed = hex.trim_start_matches('0');
     let trimmed = if trimmed.is_empty() { "0" } else { trimmed };
-    Ok(if trimmed.len() % 2 == 1 { format!("0{trimmed}") } else { trimmed.to_string() })
+    Ok(if !trimmed.len().is_multiple_of(2) { format!("0{trimmed}") } else { trimmed.to_string() })
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, CaError> {
     let bad = || CaError::InvalidRequest(format!("{s:?} is not hex"));
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..s.len())
