@@ -4,6 +4,7 @@
 
 mod commands;
 pub mod error;
+pub mod probe;
 mod proxy;
 pub mod recording;
 pub mod server;
