@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod api_pki;
 mod cli;
+mod cli_pki;
 mod client;
 mod fmt;
 mod serve;
@@ -68,6 +70,16 @@ enum Command {
     },
     /// Query the audit log.
     Audit(cli::AuditArgs),
+    /// X.509 certificates for TLS: allowed domains, signing from CSRs, revocation.
+    Pki {
+        #[command(subcommand)]
+        cmd: cli_pki::PkiCmd,
+    },
+    /// Liveness probes of registered targets.
+    Probe {
+        #[command(subcommand)]
+        cmd: cli_pki::ProbeCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +101,8 @@ fn main() -> std::process::ExitCode {
             Command::Sessions { cmd } => cli::sessions(&cli.global, cmd).await,
             Command::Recordings { cmd } => cli::recordings(&cli.global, cmd).await,
             Command::Audit(args) => cli::audit(&cli.global, args).await,
+            Command::Pki { cmd } => cli_pki::pki(&cli.global, cmd).await,
+            Command::Probe { cmd } => cli_pki::probe(&cli.global, cmd).await,
         }
     });
     match result {

@@ -76,6 +76,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<()> {
         BastionConfig { recording_cap: args.recording_cap, ..Default::default() },
         shutdown.clone(),
     ));
+    tokio::spawn(gatehouse_bastion::probe::run_scheduler(broker.clone(), shutdown.clone()));
     let app = crate::api::router(broker.clone());
     let http_shutdown = shutdown.clone();
     let http_server = tokio::spawn(async move {
