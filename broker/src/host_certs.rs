@@ -242,7 +242,7 @@ impl Broker {
         let (cert, serial, not_after) = self.sign_for_host(&host, &key, "enrolled").await?;
         let issued = self.issued(&host, &cert, serial, not_after)?;
         self.record_host_cert(
-            Actor::unknown(format!("host {}", host.name)),
+            Actor { kind: "host", name: host.name.clone() },
             "host.enroll",
             &host,
             &issued,
@@ -315,7 +315,7 @@ impl Broker {
         let (new_cert, new_serial, not_after) = self.sign_for_host(&host, &key, "renewed").await?;
         let issued = self.issued(&host, &new_cert, new_serial, not_after)?;
         self.record_host_cert(
-            Actor::unknown(format!("host {}", host.name)),
+            Actor { kind: "host", name: host.name.clone() },
             "host.renew",
             &host,
             &issued,

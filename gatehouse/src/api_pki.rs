@@ -182,7 +182,15 @@ async fn enroll(
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024).await.map_err(|_| bad("request body too large"))?;
     let body: Enroll =
         serde_json::from_slice(&body).map_err(|_| bad("expected JSON {\"public_key\": \"ssh-ed25519 …\"}"))?;
-    let issued = b.enroll_host(&token, &body.public_key, Some(peer.ip())).await?;
+    let issued = b.enroll_host(&token, &body.public_key, Some(peer.ip())).await.map_err(|e| match e {
+        BrokerError::Unauthorized(_) => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "enrolment token refused (unknown, expired or already used): ask for a new one with \
+             `gatehouse host enroll-token HOST`"
+                .into(),
+        ),
+        other => ApiError::from(other),
+    })?;
     Ok((StatusCode::CREATED, Json(json!(issued))))
 }
 
@@ -198,7 +206,13 @@ async fn renew(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<Renew>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let issued = b.renew_host_certificate(&req.certificate, req.time, &req.signature, Some(peer.ip())).await?;
+    // The reasons name no secret and tell the operator what to do.
+    let issued = b.renew_host_certificate(&req.certificate, req.time, &req.signature, Some(peer.ip())).await.map_err(
+        |e| match e {
+            BrokerError::Unauthorized(why) => ApiError(StatusCode::UNAUTHORIZED, format!("renewal refused: {why}")),
+            other => ApiError::from(other),
+        },
+    )?;
     Ok((StatusCode::CREATED, Json(json!(issued))))
 }
 

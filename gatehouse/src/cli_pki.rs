@@ -403,6 +403,7 @@ async fn enroll(
     }
     let key_line = key_text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("");
     let public = gatehouse_ca::parse_public_key(key_line).map_err(|e| anyhow!("{}: {e}", host_key.display()))?;
+    let renew_text = renew_before.unwrap_or("").trim().to_string();
     let renew_before =
         renew_before.map(|d| humantime::parse_duration(d.trim())).transpose().context("--renew-before")?;
 
@@ -417,10 +418,9 @@ async fn enroll(
             let left = cert.valid_before() - now;
             if left > before.as_secs() {
                 println!(
-                    "{} is valid until {} (more than {} from now): nothing to do",
+                    "{} is valid until {} (more than {renew_text} from now): nothing to do",
                     out.display(),
                     fmt_unix(cert.valid_before()),
-                    humantime::format_duration(before)
                 );
                 return Ok(());
             }
