@@ -127,7 +127,7 @@ fn database_text(gh: &Gatehouse) -> String {
                     out.push_str(&String::from_utf8_lossy(&b));
                 }
             }
-            assert!(out.contains("pki_certificates"), "read the SQLite database");
+            assert!(out.contains("pki_certificates") && out.contains("ca.created"), "read the SQLite database");
             out
         }
         Some(pg) => {
@@ -144,7 +144,7 @@ fn database_text(gh: &Gatehouse) -> String {
             for t in tables.lines().filter(|t| !t.is_empty()) {
                 out.push_str(&psql(&format!("SELECT t::text FROM \"{t}\" t")));
             }
-            assert!(out.contains("BEGIN CERTIFICATE"), "read the PostgreSQL rows");
+            assert!(out.contains("ca.created"), "read the PostgreSQL rows");
             out
         }
     }
