@@ -388,6 +388,40 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn enroll_with_token(base: &str, token: &str, key_line: &str) -> anyhow::Result<Value> {
+    post_public(&format!("{base}/api/v1/enroll/host"), Some(token.trim()), &json!({"public_key": key_line})).await
+}
+
+/// Renew `cert` by signing the renewal request with the host's private key
+/// (read here, never sent).
+async fn renew(
+    base: &str,
+    cert: &Certificate,
+    private_path: &Path,
+    public: &PublicKey,
+    now: u64,
+) -> anyhow::Result<Value> {
+    let private =
+        zeroize::Zeroizing::new(std::fs::read_to_string(private_path).with_context(|| {
+            format!("cannot read the host private key {} to sign the renewal", private_path.display())
+        })?);
+    let private = PrivateKey::from_openssh(private.as_bytes())
+        .map_err(|_| anyhow!("{} is not an OpenSSH private key", private_path.display()))?;
+    if private.public_key().key_data() != public.key_data() {
+        bail!("{} does not belong to the host key", private_path.display());
+    }
+    let host = cert.valid_principals().first().cloned().unwrap_or_default();
+    let signature = gatehouse_ca::sign_host_renewal(&private, &host, cert.serial(), now)
+        .map_err(|e| anyhow!("cannot sign the renewal: {e}"))?;
+    let certificate = cert.to_openssh().map_err(|e| anyhow!("cannot encode the certificate: {e}"))?;
+    post_public(
+        &format!("{base}/api/v1/enroll/host/renew"),
+        None,
+        &json!({"certificate": certificate, "time": now, "signature": signature}),
+    )
+    .await
+}
+
 async fn enroll(
     g: &Global,
     token: Option<String>,
@@ -424,26 +458,18 @@ async fn enroll(
                 );
                 return Ok(());
             }
-            let private_path = host_private_key.unwrap_or_else(|| host_key.with_extension(""));
-            let private = zeroize::Zeroizing::new(std::fs::read_to_string(&private_path).with_context(|| {
-                format!("cannot read the host private key {} to sign the renewal", private_path.display())
-            })?);
-            let private = PrivateKey::from_openssh(private.as_bytes())
-                .map_err(|_| anyhow!("{} is not an OpenSSH private key", private_path.display()))?;
-            if private.public_key().key_data() != public.key_data() {
-                bail!("{} does not belong to {}", private_path.display(), host_key.display());
-            }
-            let host = cert.valid_principals().first().cloned().unwrap_or_default();
-            let signature = gatehouse_ca::sign_host_renewal(&private, &host, cert.serial(), now)
-                .map_err(|e| anyhow!("cannot sign the renewal: {e}"))?;
-            let certificate = cert.to_openssh().map_err(|e| anyhow!("cannot encode the certificate: {e}"))?;
             println!("{} expires {}: renewing", out.display(), fmt_unix(cert.valid_before()));
-            post_public(
-                &format!("{base}/api/v1/enroll/host/renew"),
-                None,
-                &json!({"certificate": certificate, "time": now, "signature": signature}),
-            )
-            .await?
+            let private_path = host_private_key.unwrap_or_else(|| host_key.with_extension(""));
+            match renew(base, cert, &private_path, &public, now).await {
+                Ok(v) => v,
+                Err(e) => match token.filter(|t| !t.trim().is_empty()) {
+                    Some(t) => {
+                        eprintln!("renewal failed ({e:#}); enrolling with the token instead");
+                        enroll_with_token(base, &t, key_line).await?
+                    }
+                    None => return Err(e),
+                },
+            }
         }
         _ => {
             let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
@@ -455,8 +481,7 @@ async fn enroll(
                 }
                 bail!("give the one-time token from `gatehouse host enroll-token HOST`");
             };
-            post_public(&format!("{base}/api/v1/enroll/host"), Some(token.trim()), &json!({"public_key": key_line}))
-                .await?
+            enroll_with_token(base, &token, key_line).await?
         }
     };
     let cert_line = s(&issued, "certificate");
