@@ -5,6 +5,7 @@
 mod commands;
 pub mod error;
 pub mod exec;
+pub mod probe;
 mod proxy;
 pub mod recording;
 pub mod server;

@@ -60,7 +60,7 @@ impl client::Handler for UpstreamHandler {
     }
 }
 
-fn verify_host(trust: &HostTrust, key: &PublicKeyOrCertificate) -> SeenHostKey {
+pub(crate) fn verify_host(trust: &HostTrust, key: &PublicKeyOrCertificate) -> SeenHostKey {
     match key {
         PublicKeyOrCertificate::PublicKey { key, .. } => {
             let fp = key.fingerprint(HashAlg::Sha256).to_string();

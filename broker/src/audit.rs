@@ -51,7 +51,7 @@ impl Severity {
 /// Who did something.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actor {
-    /// `admin`, `user`, `agent`, `system` or `unknown`.
+    /// `admin`, `user`, `agent`, `host` (an enrolling target), `system` or `unknown`.
     pub kind: &'static str,
     pub name: String,
 }

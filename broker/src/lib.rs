@@ -9,10 +9,13 @@ pub mod audit;
 pub mod db;
 pub mod error;
 pub mod grants;
+pub mod host_certs;
 pub mod hosts;
 pub mod ids;
 pub mod keys;
 pub mod live;
+pub mod pki;
+pub mod probes;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -81,6 +84,7 @@ struct Inner {
     node_id: String,
     config: BrokerConfig,
     shutdown: CancellationToken,
+    pki: pki::PkiState,
 }
 
 impl Broker {
@@ -92,6 +96,7 @@ impl Broker {
         std::fs::create_dir_all(&recordings)?;
         let (master, generated_master_key) = MasterKey::load(&config.master_key, &config.data_dir)?;
         let keys = KeyStore::load_or_create(&config.data_dir, &master)?;
+        let (pki, created_x509) = pki::load_or_create(&config.data_dir, &master)?;
         drop(master);
         let db = match &config.database_url {
             Some(url) => db::Db::connect(url).await?,
@@ -108,6 +113,7 @@ impl Broker {
                 node_id,
                 config,
                 shutdown: CancellationToken::new(),
+                pki,
             }),
         };
         if created_keys {
@@ -119,6 +125,12 @@ impl Broker {
                     "ssh user CA, ssh host CA, bastion host key",
                     Outcome::Allow,
                 ))
+                .await?;
+        }
+        if created_x509 {
+            broker
+                .db()
+                .audit(AuditRecord::new(Actor::system(), "ca.created", "x509 root CA, x509 issuing CA", Outcome::Allow))
                 .await?;
         }
         let admin_token = broker.ensure_admin_token().await?;

@@ -217,6 +217,34 @@ fn sign_err(e: ssh_key::Error) -> CaError {
     CaError::Signing(e.to_string())
 }
 
+/// Namespace of the SSH signature (`SSHSIG`) a host makes with its host key
+/// to renew its certificate; a signature for another purpose never fits.
+pub const HOST_RENEW_NAMESPACE: &str = "host-renew@gatehouse";
+
+/// What a host signs to renew certificate `serial`: its name, the serial
+/// and the time, so a signature is useless for another host, another
+/// certificate or later.
+pub fn host_renewal_message(host: &str, serial: u64, unix_time: u64) -> Vec<u8> {
+    format!("gatehouse host certificate renewal\nhost={host}\nserial={serial}\ntime={unix_time}\n").into_bytes()
+}
+
+/// Sign a renewal request with the host's private key (on the host).
+pub fn sign_host_renewal(key: &PrivateKey, host: &str, serial: u64, unix_time: u64) -> Result<String, CaError> {
+    let msg = host_renewal_message(host, serial, unix_time);
+    let sig = key.sign(HOST_RENEW_NAMESPACE, HashAlg::Sha512, &msg).map_err(sign_err)?;
+    sig.to_pem(LineEnding::LF).map_err(sign_err)
+}
+
+/// Check a renewal signature against the key the current certificate certifies.
+pub fn verify_host_renewal(cert: &Certificate, host: &str, unix_time: u64, signature_pem: &str) -> Result<(), CaError> {
+    let sig = ssh_key::SshSig::from_pem(signature_pem.trim())
+        .map_err(|_| CaError::InvalidRequest("the renewal signature is not an SSH signature".into()))?;
+    let key = PublicKey::from(cert.public_key().clone());
+    key.verify(HOST_RENEW_NAMESPACE, &host_renewal_message(host, cert.serial(), unix_time), &sig).map_err(|_| {
+        CaError::InvalidRequest("the renewal signature does not verify with the certified host key".into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -338,5 +366,28 @@ mod tests {
         ca.verify_host_cert(&cert, "web-1", NOW).unwrap();
         assert!(ca.verify_host_cert(&cert, "web-2", NOW).is_err());
         assert!(ca.verify_host_cert(&cert, "web-1", NOW + 7200).is_err());
+    }
+
+    #[test]
+    fn renewal_signatures_bind_host_serial_time_and_key() {
+        let ca = SshCa::generate();
+        let key = generate_ed25519();
+        let names = vec!["web-1".to_string()];
+        let req = HostCertRequest {
+            public_key: key.public_key(),
+            principals: &names,
+            key_id: "k",
+            serial: 9,
+            ttl: Duration::from_secs(60),
+        };
+        let cert = ca.sign_host(&req, NOW).unwrap();
+        let sig = sign_host_renewal(&key, "web-1", 9, NOW).unwrap();
+        verify_host_renewal(&cert, "web-1", NOW, &sig).unwrap();
+        assert!(verify_host_renewal(&cert, "web-2", NOW, &sig).is_err());
+        assert!(verify_host_renewal(&cert, "web-1", NOW + 1, &sig).is_err());
+        let other = generate_ed25519();
+        let forged = sign_host_renewal(&other, "web-1", 9, NOW).unwrap();
+        assert!(verify_host_renewal(&cert, "web-1", NOW, &forged).is_err());
+        assert!(verify_host_renewal(&cert, "web-1", NOW, "garbage").is_err());
     }
 }

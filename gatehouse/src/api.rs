@@ -81,6 +81,7 @@ pub fn router(broker: Broker) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(admin)
+        .merge(crate::api_pki::routes(broker.clone()))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(broker)
 }
@@ -100,7 +101,7 @@ pub fn query_has_credential(req: &Request) -> bool {
     })
 }
 
-async fn require_admin(
+pub(crate) async fn require_admin(
     State(broker): State<Broker>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
@@ -181,10 +182,17 @@ struct AddHost {
     host_key: Option<String>,
     #[serde(default)]
     scan: bool,
+    /// No pinned key: the target proves itself with a host certificate
+    /// from Gatehouse's host CA (see `host enroll`).
+    #[serde(default)]
+    trust_host_ca: bool,
 }
 
 async fn add_host(State(b): State<Broker>, Json(req): Json<AddHost>) -> ApiResult<(StatusCode, Json<Value>)> {
     gatehouse_broker::hosts::check_address(&req.address)?;
+    if req.trust_host_ca && (req.host_key.is_some() || req.scan) {
+        return Err(bad("trust_host_ca is for hosts without a pinned key; drop host_key or scan"));
+    }
     let (host_key, scanned) = match (req.host_key, req.scan) {
         (Some(_), true) => return Err(bad("give either host_key or scan, not both")),
         (Some(k), false) => (Some(k), None),
@@ -195,7 +203,12 @@ async fn add_host(State(b): State<Broker>, Json(req): Json<AddHost>) -> ApiResul
             let fp = gatehouse_ca::fingerprint(&key);
             (Some(gatehouse_ca::public_key_line(&key, "")), Some(fp))
         }
-        (None, false) => (None, None),
+        (None, false) if req.trust_host_ca => (None, None),
+        (None, false) => {
+            return Err(bad(
+                "give host_key, scan, or trust_host_ca: Gatehouse never trusts a target's key on first use silently",
+            ));
+        }
     };
     let host = b
         .add_host(&Actor::admin(), &NewHost { name: req.name, address: req.address, groups: req.groups, host_key })

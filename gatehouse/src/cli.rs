@@ -69,11 +69,17 @@ pub enum HostCmd {
         /// Fetch the host key from the target, print its fingerprint and pin it.
         #[arg(long)]
         scan: bool,
+        /// Pin no key: trust the target by a host certificate from Gatehouse's
+        /// host CA (`host enroll-token`, then `host enroll` on the target).
+        #[arg(long, conflicts_with_all = ["host_key", "scan"])]
+        trust_host_ca: bool,
     },
     List {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Enroll(crate::cli_pki::HostEnrollCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,12 +268,16 @@ pub async fn user(g: &Global, cmd: UserCmd) -> anyhow::Result<()> {
 }
 
 pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
+    if let HostCmd::Enroll(cmd) = cmd {
+        return crate::cli_pki::host(g, cmd).await;
+    }
     let api = Api::new(g)?;
     match cmd {
-        HostCmd::Add { name, address, groups, host_key, scan } => {
-            if host_key.is_none() && !scan {
+        HostCmd::Enroll(_) => {}
+        HostCmd::Add { name, address, groups, host_key, scan, trust_host_ca } => {
+            if host_key.is_none() && !scan && !trust_host_ca {
                 bail!(
-                    "give --host-key FILE_OR_KEYLINE or --scan: Gatehouse never trusts a target's key on first use silently"
+                    "give --host-key FILE_OR_KEYLINE, --scan, or --trust-host-ca: Gatehouse never trusts a target's key on first use silently"
                 );
             }
             let key = match host_key {
@@ -280,11 +290,19 @@ pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
             let v = api
                 .post(
                     "/api/v1/hosts",
-                    &json!({"name": name, "address": address, "groups": groups, "host_key": key, "scan": scan}),
+                    &json!({"name": name, "address": address, "groups": groups, "host_key": key, "scan": scan, "trust_host_ca": trust_host_ca}),
                 )
                 .await?;
             let h = &v["host"];
-            if scan {
+            if trust_host_ca {
+                println!(
+                    "added host {} at {} with no pinned key: it must present a host certificate from Gatehouse's host CA \
+                     (gatehouse host enroll-token {})",
+                    s(h, "name"),
+                    s(h, "address"),
+                    s(h, "name")
+                );
+            } else if scan {
                 println!("scanned {} at {}: {}", s(h, "name"), s(h, "address"), s(&v, "scanned_fingerprint"));
                 println!(
                     "pinned; verify this fingerprint with the host's owner (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"
@@ -314,7 +332,11 @@ pub async fn host(g: &Global, cmd: HostCmd) -> anyhow::Result<()> {
                             s(h, "name"),
                             s(h, "address"),
                             if groups.is_empty() { "-".into() } else { groups.join(",") },
-                            s(h, "host_key_fingerprint"),
+                            if h["host_key_fingerprint"].is_string() {
+                                s(h, "host_key_fingerprint")
+                            } else {
+                                "(host CA)".into()
+                            },
                         ]
                     })
                     .collect(),

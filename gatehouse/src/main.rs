@@ -4,8 +4,10 @@
 
 mod api;
 mod api_agents;
+mod api_pki;
 mod cli;
 mod cli_agents;
+mod cli_pki;
 mod client;
 mod fmt;
 mod serve;
@@ -85,6 +87,16 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_agents::McpCmd,
     },
+    /// X.509 certificates for TLS: allowed domains, signing from CSRs, revocation.
+    Pki {
+        #[command(subcommand)]
+        cmd: cli_pki::PkiCmd,
+    },
+    /// Liveness probes of registered targets.
+    Probe {
+        #[command(subcommand)]
+        cmd: cli_pki::ProbeCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,6 +121,8 @@ fn main() -> std::process::ExitCode {
             Command::Agent { cmd } => cli_agents::agent(&cli.global, cmd).await,
             Command::Token { cmd } => cli_agents::token(&cli.global, cmd).await,
             Command::Mcp { cmd } => cli_agents::mcp(&cli.global, cmd).await,
+            Command::Pki { cmd } => cli_pki::pki(&cli.global, cmd).await,
+            Command::Probe { cmd } => cli_pki::probe(&cli.global, cmd).await,
         }
     });
     match result {

@@ -85,6 +85,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<()> {
         BastionConfig { recording_cap: args.recording_cap, ..Default::default() },
         shutdown.clone(),
     ));
+    tokio::spawn(gatehouse_bastion::probe::run_scheduler(broker.clone(), shutdown.clone()));
     let exec = gatehouse_bastion::exec::ExecSessions::new(args.recording_cap);
     let mcp_cfg = gatehouse_mcp::McpConfig {
         allowed_origins: args.mcp_allowed_origins.clone(),

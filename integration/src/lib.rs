@@ -431,6 +431,22 @@ impl Sshd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Make sshd re-read its configuration (SIGHUP: it re-executes itself),
+    /// e.g. after a host certificate was written; waits until it listens again.
+    pub fn reload(&self) -> Result<()> {
+        let listening = |s: &Self| s.log_text().matches("Server listening").count();
+        let before = listening(self);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGHUP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listening(self) <= before {
+            if Instant::now() > deadline {
+                bail!("sshd did not come back after SIGHUP; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_for_port(self.port, Duration::from_secs(5))
+    }
+
     /// Replace the host key (as if the target were reinstalled or spoofed).
     pub fn change_host_key(&mut self) -> Result<()> {
         let key = self.dir.path().join("ssh_host_ed25519_key");
