@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::McpState;
+use crate::tools_pki::{
+    self, CertBundle, CertList, CreateProbe, GetCertificate, GetProbe, ListCertificates, ProbeOut, RequestCertificate,
+};
 
 /// One tool's description.
 struct Def {
@@ -140,6 +143,61 @@ const DEFS: &[Def] = &[
         AuditEvents,
         "Audit events inside your groups: your own calls and events about hosts in your groups."
     ),
+    def!(
+        "gatehouse_request_certificate",
+        "Request a TLS certificate",
+        Some("certificate:request"),
+        ro = false,
+        destructive = false,
+        idempotent = false,
+        RequestCertificate,
+        CertBundle,
+        "Send a CSR (PEM) for a name under your groups' allowed domains and get back the signed bundle: leaf, chain, full chain and root. Key usages and lifetime are set by Gatehouse."
+    ),
+    def!(
+        "gatehouse_get_certificate",
+        "Get a certificate bundle",
+        Some("certificate:read"),
+        ro = true,
+        destructive = false,
+        idempotent = true,
+        GetCertificate,
+        CertBundle,
+        "The latest bundle issued for a name within your groups."
+    ),
+    def!(
+        "gatehouse_list_certificates",
+        "List certificates",
+        Some("certificate:read"),
+        ro = true,
+        destructive = false,
+        idempotent = true,
+        ListCertificates,
+        CertList,
+        "Certificates within your groups, optionally only those expiring within N days."
+    ),
+    def!(
+        "gatehouse_create_probe",
+        "Probe an endpoint",
+        Some("probe:create"),
+        ro = false,
+        destructive = false,
+        idempotent = false,
+        CreateProbe,
+        ProbeOut,
+        "Check a registered endpoint in your groups now (tcp, tls, ssh or https), and optionally on an interval. TLS probes report the served certificate and whether it matches the latest bundle for a name."
+    ),
+    def!(
+        "gatehouse_get_probe",
+        "Get a probe's result",
+        Some("probe:read"),
+        ro = true,
+        destructive = false,
+        idempotent = true,
+        GetProbe,
+        ProbeOut,
+        "A probe's latest status, latency and what it saw."
+    ),
 ];
 
 /// The names of every tool, for tests and the CLI.
@@ -152,6 +210,11 @@ pub const TOOL_NAMES: &[&str] = &[
     "gatehouse_close_ssh_session",
     "gatehouse_write_audit_event",
     "gatehouse_query_audit",
+    "gatehouse_request_certificate",
+    "gatehouse_get_certificate",
+    "gatehouse_list_certificates",
+    "gatehouse_create_probe",
+    "gatehouse_get_probe",
 ];
 
 /// The scope a tool needs (`None`: always callable, or unknown tool).
@@ -183,26 +246,28 @@ pub struct CallCtx<'a> {
     pub mcp_session: Option<String>,
 }
 
-fn invalid(msg: impl Into<String>) -> ErrorData {
+pub(crate) fn invalid(msg: impl Into<String>) -> ErrorData {
     ErrorData::invalid_params(msg.into(), None)
 }
 
-/// What a tool body returns: output, or a plain-sentence denial, or a failure.
-enum Outcome2 {
+/// What a tool body returns: output, a plain-sentence denial, content the
+/// broker refused (a bad CSR), or a failure.
+pub(crate) enum Outcome2 {
     Ok { resource: String, value: Value, text: Option<String> },
     Denied { resource: String, sentence: String, audited: bool },
+    Invalid { resource: String, message: String },
     Failed { resource: String, message: String },
 }
 
-fn ok<T: Serialize>(resource: impl Into<String>, v: T) -> Outcome2 {
+pub(crate) fn ok<T: Serialize>(resource: impl Into<String>, v: T) -> Outcome2 {
     Outcome2::Ok { resource: resource.into(), value: serde_json::to_value(v).unwrap_or(Value::Null), text: None }
 }
 
-fn denied(resource: impl Into<String>, sentence: impl Into<String>) -> Outcome2 {
+pub(crate) fn denied(resource: impl Into<String>, sentence: impl Into<String>) -> Outcome2 {
     Outcome2::Denied { resource: resource.into(), sentence: sentence.into(), audited: false }
 }
 
-fn failed(resource: impl Into<String>, e: impl std::fmt::Display) -> Outcome2 {
+pub(crate) fn failed(resource: impl Into<String>, e: impl std::fmt::Display) -> Outcome2 {
     Outcome2::Failed { resource: resource.into(), message: e.to_string() }
 }
 
@@ -227,6 +292,11 @@ pub fn check_arguments(name: &str, args: Option<JsonObject>, max_bytes: usize) -
         "gatehouse_close_ssh_session" => parse::<CloseSession>(name, args).map(drop),
         "gatehouse_write_audit_event" => parse::<WriteAudit>(name, args).map(drop),
         "gatehouse_query_audit" => parse::<QueryAudit>(name, args).map(drop),
+        "gatehouse_request_certificate" => parse::<RequestCertificate>(name, args).map(drop),
+        "gatehouse_get_certificate" => parse::<GetCertificate>(name, args).map(drop),
+        "gatehouse_list_certificates" => parse::<ListCertificates>(name, args).map(drop),
+        "gatehouse_create_probe" => parse::<CreateProbe>(name, args).map(drop),
+        "gatehouse_get_probe" => parse::<GetProbe>(name, args).map(drop),
         _ => parse::<NoArgs>(name, args).map(drop),
     }
 }
@@ -261,6 +331,11 @@ pub async fn call(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Re
         "gatehouse_close_ssh_session" => close(ctx, parse::<CloseSession>(name, args)?).await,
         "gatehouse_write_audit_event" => write_audit(ctx, parse::<WriteAudit>(name, args)?).await?,
         "gatehouse_query_audit" => query_audit(ctx, parse::<QueryAudit>(name, args)?).await?,
+        "gatehouse_request_certificate" => tools_pki::request_certificate(ctx, parse(name, args)?).await?,
+        "gatehouse_get_certificate" => tools_pki::get_certificate(ctx, parse(name, args)?).await?,
+        "gatehouse_list_certificates" => tools_pki::list_certificates(ctx, parse(name, args)?).await?,
+        "gatehouse_create_probe" => tools_pki::create_probe(ctx, parse(name, args)?).await?,
+        "gatehouse_get_probe" => tools_pki::get_probe(ctx, parse(name, args)?).await?,
         _ => return Err(invalid(format!("unknown tool {name:?}"))),
     };
     Ok(match outcome {
@@ -277,6 +352,10 @@ pub async fn call(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Re
                     ctx.st.broker.audit_agent_denial(ctx.p, name, &resource, &sentence, ctx.mcp_session.clone()).await;
             }
             error_result(&sentence)
+        }
+        Outcome2::Invalid { resource, message } => {
+            audit(ctx, name, &resource, Outcome::Deny, &message).await;
+            error_result(&format!("Refused: {message}"))
         }
         Outcome2::Failed { resource, message } => {
             audit(ctx, name, &resource, Outcome::Error, &message).await;
@@ -301,7 +380,7 @@ async fn audit(ctx: &CallCtx<'_>, tool: &str, resource: &str, outcome: Outcome, 
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -575,7 +654,7 @@ async fn resources(ctx: &CallCtx<'_>, _: NoArgs) -> Outcome2 {
     )
 }
 
-fn check_text(field: &str, v: &str, max: usize) -> Result<(), ErrorData> {
+pub(crate) fn check_text(field: &str, v: &str, max: usize) -> Result<(), ErrorData> {
     if v.chars().count() > max {
         return Err(invalid(format!(
             "{field} is too long ({} characters; the limit is {max}); nothing was done",
