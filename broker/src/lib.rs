@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod ids;
 pub mod keys;
 pub mod live;
+pub mod policy;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
