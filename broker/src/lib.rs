@@ -3,6 +3,7 @@
 //! database; the bastion and the MCP server ask it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod db;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +82,7 @@ struct Inner {
     node_id: String,
     config: BrokerConfig,
     shutdown: CancellationToken,
+    hooks: webhooks::WebhookState,
 }
 
 impl Broker {
@@ -91,6 +94,7 @@ impl Broker {
         std::fs::create_dir_all(&recordings)?;
         let (master, generated_master_key) = MasterKey::load(&config.master_key, &config.data_dir)?;
         let keys = KeyStore::load_or_create(&config.data_dir, &master)?;
+        let hooks = webhooks::WebhookState::new(&master);
         drop(master);
         let db = match &config.database_url {
             Some(url) => db::Db::connect(url).await?,
@@ -107,6 +111,7 @@ impl Broker {
                 node_id,
                 config,
                 shutdown: CancellationToken::new(),
+                hooks,
             }),
         };
         if created_keys {
@@ -123,6 +128,7 @@ impl Broker {
         let admin_token = broker.ensure_admin_token().await?;
         broker.recover_after_restart().await?;
         broker.spawn_enforcer();
+        broker.spawn_webhook_worker();
         Ok((broker, FirstStart { admin_token, generated_master_key, created_keys }))
     }
 

@@ -640,8 +640,7 @@ pub fn evaluate(
 ) -> Evaluation {
     let mut trace = Vec::new();
     let default = [BoundPolicy { group: "default".into(), policy: Policy::default_policy() }];
-    let mut applicable: Vec<&BoundPolicy> =
-        policies.iter().filter(|p| ask.host.groups.iter().any(|g| *g == p.group)).collect();
+    let mut applicable: Vec<&BoundPolicy> = policies.iter().filter(|p| ask.host.groups.contains(&p.group)).collect();
     if applicable.is_empty() {
         applicable = default.iter().collect();
         trace.push(format!(
@@ -1206,7 +1205,7 @@ time_zone = "Europe/Oslo"
         let d = decide(
             &human("alice"),
             &ask("web-1", &["staging", "misc"], "root"),
-            &[pci.clone()],
+            std::slice::from_ref(&pci),
             at("2026-06-03T12:00:00Z"),
             None,
             &[],
