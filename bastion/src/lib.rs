@@ -4,6 +4,7 @@
 
 mod commands;
 pub mod error;
+mod jit;
 mod proxy;
 pub mod recording;
 pub mod server;
