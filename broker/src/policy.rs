@@ -884,6 +884,25 @@ pub fn evaluate(
     Evaluation { decision: Decision::NeedsApproval { ttl, rule }, trace }
 }
 
+/// An instant as an operator writes it for `policy test --at`: Unix
+/// milliseconds, RFC 3339 (`2026-06-05T09:30:00+02:00`, `…Z`), or a civil
+/// time in a zone (`2026-06-05T09:30[Europe/Oslo]`). Unix milliseconds out.
+pub fn parse_instant(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    if let Ok(z) = s.parse::<jiff::Zoned>() {
+        return Ok(z.timestamp().as_millisecond());
+    }
+    Err(format!(
+        "{s:?} is not a time: use RFC 3339 (2026-06-05T09:30:00+02:00) or a zoned time (2026-06-05T09:30[Europe/Oslo])"
+    ))
+}
+
 // ---------------------------------------------------------------------------
 // Approvals
 
@@ -1365,6 +1384,18 @@ time_zone = "Europe/Oslo"
             assert!(d.contains(want), "{want} in {d}");
         }
         assert_eq!(describe_days(&parse_days(&["sat-mon".into()]).unwrap()), "mon,sat-sun");
+    }
+
+    #[test]
+    fn instants() {
+        assert_eq!(parse_instant("2026-06-05T07:30:00Z").unwrap(), at("2026-06-05T07:30:00Z").as_millisecond());
+        assert_eq!(parse_instant("2026-06-05T09:30:00+02:00").unwrap(), at("2026-06-05T07:30:00Z").as_millisecond());
+        assert_eq!(
+            parse_instant("2026-06-05T09:30[Europe/Oslo]").unwrap(),
+            at("2026-06-05T07:30:00Z").as_millisecond()
+        );
+        assert_eq!(parse_instant("1700000000000").unwrap(), 1_700_000_000_000);
+        assert!(parse_instant("tomorrow").is_err());
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/v1/recordings/{id}/cast", get(recording_cast))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .merge(crate::api_jit::routes())
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

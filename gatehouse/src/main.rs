@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod api_jit;
 mod cli;
+mod cli_jit;
 mod client;
 mod fmt;
 mod serve;
@@ -68,6 +70,21 @@ enum Command {
     },
     /// Query the audit log.
     Audit(cli::AuditArgs),
+    /// Access policies bound to host groups.
+    Policy {
+        #[command(subcommand)]
+        cmd: cli_jit::PolicyCmd,
+    },
+    /// Just-in-time access requests and approvals.
+    Access {
+        #[command(subcommand)]
+        cmd: cli_jit::AccessCmd,
+    },
+    /// Outbound webhooks (Slack, Teams, your own receiver).
+    Webhook {
+        #[command(subcommand)]
+        cmd: cli_jit::WebhookCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +106,9 @@ fn main() -> std::process::ExitCode {
             Command::Sessions { cmd } => cli::sessions(&cli.global, cmd).await,
             Command::Recordings { cmd } => cli::recordings(&cli.global, cmd).await,
             Command::Audit(args) => cli::audit(&cli.global, args).await,
+            Command::Policy { cmd } => cli_jit::policy(&cli.global, cmd).await,
+            Command::Access { cmd } => cli_jit::access(&cli.global, cmd).await,
+            Command::Webhook { cmd } => cli_jit::webhook(&cli.global, cmd).await,
         }
     });
     match result {
