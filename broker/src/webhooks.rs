@@ -110,7 +110,7 @@ pub const MAX_ATTEMPTS: i64 = BACKOFF.len() as i64 + 1;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONCURRENT_DELIVERIES: usize = 8;
 /// How long a claimed delivery is ours before another worker may retry it.
-const LEASE_MS: i64 = 60_000;
+const LEASE_MS: i64 = 20_000;
 
 /// Webhook state shared by the broker: the worker's wake-up call and the
 /// key secrets are sealed under (derived from the master key).
