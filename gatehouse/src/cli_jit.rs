@@ -104,7 +104,9 @@ pub enum AccessCmd {
 pub enum WebhookCmd {
     /// Send events to URL (Slack and Teams incoming webhooks display `text`).
     Add {
-        url: String,
+        /// The endpoint (http or https).
+        #[arg(value_name = "URL")]
+        endpoint: String,
         /// Comma-separated: access.requested, access.approved, access.denied, access.expired,
         /// session.started, session.ended, canary.tripped, agent.policy_denied, or *.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -303,7 +305,7 @@ pub async fn access(g: &Global, cmd: AccessCmd) -> anyhow::Result<()> {
 pub async fn webhook(g: &Global, cmd: WebhookCmd) -> anyhow::Result<()> {
     let api = Api::new(g)?;
     match cmd {
-        WebhookCmd::Add { url, events, secret_file } => {
+        WebhookCmd::Add { endpoint, events, secret_file } => {
             let secret = match &secret_file {
                 Some(p) => {
                     let text = zeroize::Zeroizing::new(
@@ -316,7 +318,7 @@ pub async fn webhook(g: &Global, cmd: WebhookCmd) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let body = json!({"url": url, "events": events, "secret": secret.as_ref().map(|s| s.trim())});
+            let body = json!({"url": endpoint, "events": events, "secret": secret.as_ref().map(|s| s.trim())});
             let v = api.post("/api/v1/webhooks", &body).await?;
             drop(body);
             println!(

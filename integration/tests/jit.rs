@@ -370,7 +370,10 @@ fn interactive_request_flow_in_the_terminal(b: Backend) {
 
     // Exec without a grant keeps the one-line denial, and files nothing.
     let r = run(w.ssh("daemon@web-1", &["true"]));
-    assert_eq!(r.stderr.trim(), "gatehouse: access denied: you have no grant for host web-1");
+    assert_eq!(
+        r.stderr.trim(),
+        format!("gatehouse: access denied: your grant for web-1 allows login {login}, not daemon")
+    );
     assert!(pending_ids(&w.gh).is_empty());
 }
 
