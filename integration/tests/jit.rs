@@ -473,7 +473,7 @@ fn webhooks_are_signed_retried_and_recorded(b: Backend) {
         "add",
         &hook.url(),
         "--events",
-        "access.requested,access.approved",
+        "access.requested,access.approved,session.started,session.ended",
         "--secret-file",
         secret_file.to_str().unwrap(),
     ]);
@@ -552,6 +552,16 @@ fn webhooks_are_signed_retried_and_recorded(b: Backend) {
     w.bastion_cmd(&bob, &["approve", &id]);
     let got = hook.wait_for("access.approved", 1, Duration::from_secs(20));
     assert!(got[0].json()["text"].as_str().unwrap().contains("approved by bob"));
+    // Sessions are announced when they start and end.
+    let r = run(w.ssh(&format!("{login}@web-1"), &["exit 3"]));
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let started = hook.wait_for("session.started", 1, Duration::from_secs(20));
+    let ended = hook.wait_for("session.ended", 1, Duration::from_secs(20));
+    let (s, e) = (started[0].json(), ended[0].json());
+    assert_eq!(s["data"]["subject"], "alice");
+    assert_eq!(s["data"]["host"], "web-1");
+    assert_eq!(s["data"]["session_id"], e["data"]["session_id"]);
+    assert_eq!(e["data"]["exit_status"], 3);
     w.gh.ok(&["webhook", "remove", &hook_id]);
     let err = w.gh.fails(&["webhook", "remove", &hook_id]);
     assert!(err.contains("already removed"), "{err}");
