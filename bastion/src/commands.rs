@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(long)]
         ttl: Option<String>,
         /// Why you need it (some policies require one).
-        #[arg(long, short, default_value = "")]
+        #[arg(long, short, default_value = "", hide_default_value = true)]
         reason: String,
         /// Wait for the decision, printing where the request stands.
         #[arg(long)]
@@ -62,7 +62,7 @@ enum Cmd {
     /// Approve a request.
     Approve {
         id: String,
-        #[arg(long, short, default_value = "")]
+        #[arg(long, short, default_value = "", hide_default_value = true)]
         reason: String,
     },
     /// Deny a request (a reason is required).
@@ -122,27 +122,43 @@ fn broker_error(e: &BrokerError) -> (String, u32) {
     }
 }
 
-async fn execute(conn: &Conn, user: &User, command: &str, channel: &mut Channel<Msg>) -> u32 {
+/// What a command line asks for, or the text to answer with: help (stdout,
+/// status 0) or a mistake (stderr, status 2).
+enum Parsed {
+    Run(Cli),
+    Help(String),
+    Mistake(String),
+}
+
+/// Split the command line like a shell (quotes, escapes) and parse it.
+fn parse(command: &str) -> Parsed {
     let Some(words) = shlex::split(command) else {
-        err(channel, "gatehouse: unbalanced quotes in the command\n").await;
-        return 2;
+        return Parsed::Mistake("gatehouse: unbalanced quotes in the command\n".into());
     };
     let words = if words.is_empty() { vec!["help".to_string()] } else { words };
-    let cli = match Cli::try_parse_from(std::iter::once("gatehouse".to_string()).chain(words)) {
-        Ok(c) => c,
+    match Cli::try_parse_from(std::iter::once("ssh gatehouse@BASTION".to_string()).chain(words)) {
+        Ok(c) => Parsed::Run(c),
         Err(e) => {
             let text = e.render().to_string();
-            return match e.kind() {
+            match e.kind() {
                 clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    out(channel, &text).await;
-                    0
-                }
-                _ => {
-                    err(channel, &text).await;
-                    2
-                }
-            };
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Parsed::Help(text),
+                _ => Parsed::Mistake(text),
+            }
+        }
+    }
+}
+
+async fn execute(conn: &Conn, user: &User, command: &str, channel: &mut Channel<Msg>) -> u32 {
+    let cli = match parse(command) {
+        Parsed::Run(c) => c,
+        Parsed::Help(text) => {
+            out(channel, &text).await;
+            return 0;
+        }
+        Parsed::Mistake(text) => {
+            err(channel, &text).await;
+            return 2;
         }
     };
     let approver = Approver::User { name: user.name.clone(), role: user.role };
@@ -359,4 +375,50 @@ async fn whoami(conn: &Conn, user: &User) -> Result<String, BrokerError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cmd: &str) -> Cli {
+        match parse(cmd) {
+            Parsed::Run(c) => c,
+            Parsed::Help(t) | Parsed::Mistake(t) => panic!("{cmd:?}: {t}"),
+        }
+    }
+
+    #[test]
+    fn command_lines_are_split_like_a_shell() {
+        match run("request web-1 --login root --ttl 30m --reason 'deploy fix #7' --wait").cmd {
+            Cmd::Request { host, login, ttl, reason, wait } => {
+                assert_eq!((host.as_str(), login.as_deref(), ttl.as_deref()), ("web-1", Some("root"), Some("30m")));
+                assert_eq!(reason, "deploy fix #7");
+                assert!(wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        match run(r#"deny a_0123456789abcdef --reason "not \"today\"""#).cmd {
+            Cmd::Deny { id, reason } => {
+                assert_eq!((id.as_str(), reason.as_str()), ("a_0123456789abcdef", "not \"today\""))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(run("approvals").cmd, Cmd::Approvals));
+    }
+
+    #[test]
+    fn mistakes_and_help_are_clear() {
+        let Parsed::Mistake(t) = parse("deny a_0123456789abcdef") else { panic!("deny needs a reason") };
+        assert!(t.contains("--reason"), "{t}");
+        let Parsed::Mistake(t) = parse("request web-1 --reason 'unbalanced") else { panic!("unbalanced") };
+        assert!(t.contains("unbalanced quotes"), "{t}");
+        let Parsed::Mistake(t) = parse("aprove a_1") else { panic!("typo") };
+        assert!(t.contains("aprove") && t.contains("approve"), "{t}");
+        for help in ["", "help", "--help", "request --help"] {
+            let Parsed::Help(t) = parse(help) else { panic!("{help:?} is help") };
+            assert!(t.contains("request"), "{t}");
+            assert!(!t.contains('\x1b'), "no colours: {t:?}");
+        }
+    }
 }
