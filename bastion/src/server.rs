@@ -215,15 +215,12 @@ impl Conn {
             if let Some(d) = &s.denial {
                 return ChannelMode::Deny(d.clone());
             }
-            match (&s.target, &s.session, &s.user) {
-                (Some(Target::Commands), _, Some(u)) => ChannelMode::Commands(u.clone()),
-                (_, Some(sess), _) => ChannelMode::Proxy(Box::new(sess.clone())),
-                (_, None, Some(u)) if s.offer.is_some() => match &s.offer {
-                    Some((offer, denial)) => {
-                        ChannelMode::Offer { user: u.clone(), offer: offer.clone(), denial: denial.clone() }
-                    }
-                    None => ChannelMode::Deny("access denied".into()),
-                },
+            match (&s.target, &s.session, &s.user, &s.offer) {
+                (Some(Target::Commands), _, Some(u), _) => ChannelMode::Commands(u.clone()),
+                (_, Some(sess), _, _) => ChannelMode::Proxy(Box::new(sess.clone())),
+                (_, None, Some(u), Some((offer, denial))) => {
+                    ChannelMode::Offer { user: u.clone(), offer: offer.clone(), denial: denial.clone() }
+                }
                 _ => ChannelMode::Deny("access denied".into()),
             }
         })

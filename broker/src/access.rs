@@ -20,7 +20,7 @@ use crate::policy::{
     Tally, Vote, fmt_duration,
 };
 use crate::users::{Role, User};
-use crate::webhooks::{Event, EventKind, enqueue};
+use crate::webhooks::{Event, EventKind, chat_safe, enqueue};
 use crate::{Broker, db::WriteTx, ids, now_ms};
 
 /// How long a request waits for its approvals before it lapses.
@@ -646,8 +646,9 @@ impl Broker {
                     &Event::new(
                         EventKind::AccessApproved,
                         format!(
-                            "Gatehouse: {who} was granted {resource} for {} by policy: \u{201c}{reason}\u{201d} ({id})",
-                            fmt_duration(ttl)
+                            "Gatehouse: {who} was granted {resource} for {} by policy: \u{201c}{}\u{201d} ({id})",
+                            fmt_duration(ttl),
+                            chat_safe(&reason)
                         ),
                         serde_json::json!({
                             "request_id": id,
@@ -674,9 +675,10 @@ impl Broker {
                     &Event::new(
                         EventKind::AccessRequested,
                         format!(
-                            "Gatehouse: {who} requests {resource} for {}: \u{201c}{reason}\u{201d} ({id}, needs {}). \
+                            "Gatehouse: {who} requests {resource} for {}: \u{201c}{}\u{201d} ({id}, needs {}). \
                              Approve with `ssh gatehouse@{bastion} approve {id}` or `gatehouse access approve {id}`.",
                             fmt_duration(ttl),
+                            chat_safe(&reason),
                             rule.describe()
                         ),
                         serde_json::json!({
@@ -980,7 +982,7 @@ impl Broker {
                     EventKind::AccessDenied,
                     format!(
                         "Gatehouse: {who}'s request {id} for {target} was denied by {decided_by}: {}",
-                        final_reason.clone().unwrap_or_default()
+                        chat_safe(&final_reason.clone().unwrap_or_default())
                     ),
                 )
             };

@@ -95,6 +95,19 @@ impl Event {
     }
 }
 
+/// Free text a requester typed, made harmless in a chat `text`: no Slack
+/// `<!channel>`/`<url|label>` markup, no line breaks. (`data` keeps it raw.)
+pub fn chat_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => '\u{2039}',
+            '>' => '\u{203a}',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
 /// Delays before the 2nd, 3rd, … attempt; after the last, the delivery
 /// is given up (status `failed`).
 pub const BACKOFF: [Duration; 5] = [
@@ -745,5 +758,6 @@ mod tests {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
         assert_eq!(trim_secret(b"  abc \n"), b"abc");
+        assert_eq!(chat_safe("hi <!channel>\nnow"), "hi \u{2039}!channel\u{203a} now");
     }
 }
