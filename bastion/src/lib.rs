@@ -5,6 +5,7 @@
 mod commands;
 pub mod error;
 pub mod exec;
+mod jit;
 pub mod probe;
 mod proxy;
 pub mod recording;

@@ -36,19 +36,45 @@ pub(crate) async fn run_channel(conn: Arc<Conn>, channel: Channel<Msg>, handle: 
     match conn.mode() {
         ChannelMode::Deny(msg) => deny_channel(channel, &msg).await,
         ChannelMode::Commands(user) => crate::commands::run(conn.clone(), user, channel, handle).await,
-        ChannelMode::Proxy(session) => match conn.upstream().await {
-            Ok(up) => {
-                let upstream_channel = match up.handle.channel_open_session().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        deny_channel(channel, &format!("the target refused a new channel: {e}")).await;
-                        return;
+        ChannelMode::Offer { user, offer, denial } => {
+            crate::jit::offer(conn, user, offer, denial, channel, handle).await;
+        }
+        ChannelMode::Proxy(session) => proxy_session(conn, *session, channel, handle, Vec::new()).await,
+    }
+}
+
+/// Open the upstream channel and proxy. `initial` are client requests
+/// already read from the channel (pty, env, shell), replayed first.
+pub(crate) async fn proxy_session(
+    conn: Arc<Conn>,
+    session: OpenedSession,
+    channel: Channel<Msg>,
+    handle: Handle,
+    initial: Vec<ChannelMsg>,
+) {
+    match conn.upstream().await {
+        Ok(up) => {
+            let upstream_channel = match up.handle.channel_open_session().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let msg = format!("the target refused a new channel: {e}");
+                    if initial.is_empty() {
+                        deny_channel(channel, &msg).await
+                    } else {
+                        refuse(&channel, &msg).await
                     }
-                };
-                proxy(conn, *session, channel, upstream_channel, handle).await;
+                    return;
+                }
+            };
+            proxy(conn, session, channel, upstream_channel, handle, initial).await;
+        }
+        Err(msg) => {
+            if initial.is_empty() {
+                deny_channel(channel, &msg).await
+            } else {
+                refuse(&channel, &msg).await
             }
-            Err(msg) => deny_channel(channel, &msg).await,
-        },
+        }
     }
 }
 
@@ -68,6 +94,11 @@ pub(crate) async fn deny_channel(mut channel: Channel<Msg>, msg: &str) {
         false
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
+    refuse(&channel, msg).await;
+}
+
+/// Print one line on stderr and end the channel with exit status 1.
+pub(crate) async fn refuse(channel: &Channel<Msg>, msg: &str) {
     let _ = channel.extended_data_bytes(1, Bytes::from(format!("gatehouse: {msg}\r\n"))).await;
     let _ = channel.exit_status(1).await;
     let _ = channel.eof().await;
@@ -124,6 +155,7 @@ async fn proxy(
     client: Channel<Msg>,
     upstream: Channel<russh::client::Msg>,
     handle: Handle,
+    initial: Vec<ChannelMsg>,
 ) {
     let channel_no = conn.with_state(|s| {
         s.next_channel += 1;
@@ -149,11 +181,15 @@ async fn proxy(
     // into a queue and the forwarder feeds the target. The queue is bounded by
     // withholding SSH window (see `Flow` and `Handler::adjust_window`).
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::unbounded_channel::<Up>();
+    let mut initial = std::collections::VecDeque::from(initial);
     let reader = async {
         loop {
-            let msg = tokio::select! {
-                m = client_rx.wait() => m,
-                _ = stop.cancelled() => break,
+            let msg = match initial.pop_front() {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    m = client_rx.wait() => m,
+                    _ = stop.cancelled() => break,
+                },
             };
             let Some(msg) = msg else {
                 let _ = fwd_tx.send(Up::Close);

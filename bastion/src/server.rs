@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gatehouse_broker::access::{RequestOffer, SshGate};
 use gatehouse_broker::grants::SshAccess;
 use gatehouse_broker::sessions::{NewSession, OpenedSession, SessionEnd, Subject};
 use gatehouse_broker::users::User;
-use gatehouse_broker::{Actor, AuditRecord, Broker, BrokerError, Outcome, Severity};
+use gatehouse_broker::{Actor, AuditRecord, Broker, Outcome, Severity};
 use gatehouse_ca::CertPurpose;
 use russh::keys::PrivateKey;
 use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -166,6 +167,9 @@ pub(crate) struct ConnState {
     pub exit_signal: Option<String>,
     /// Why the session ended, if the proxy knows better than "disconnected".
     pub end_reason: Option<String>,
+    /// No grant, but the user may ask for one in the terminal: the offer and
+    /// the denial non-interactive channels print.
+    pub offer: Option<(RequestOffer, String)>,
 }
 
 /// What a channel on this connection may do.
@@ -173,6 +177,12 @@ pub(crate) enum ChannelMode {
     Proxy(Box<OpenedSession>),
     Deny(String),
     Commands(User),
+    /// Interactive channels may file a request and wait for it.
+    Offer {
+        user: User,
+        offer: RequestOffer,
+        denial: String,
+    },
 }
 
 impl Conn {
@@ -205,9 +215,12 @@ impl Conn {
             if let Some(d) = &s.denial {
                 return ChannelMode::Deny(d.clone());
             }
-            match (&s.target, &s.session, &s.user) {
-                (Some(Target::Commands), _, Some(u)) => ChannelMode::Commands(u.clone()),
-                (_, Some(sess), _) => ChannelMode::Proxy(Box::new(sess.clone())),
+            match (&s.target, &s.session, &s.user, &s.offer) {
+                (Some(Target::Commands), _, Some(u), _) => ChannelMode::Commands(u.clone()),
+                (_, Some(sess), _, _) => ChannelMode::Proxy(Box::new(sess.clone())),
+                (_, None, Some(u), Some((offer, denial))) => {
+                    ChannelMode::Offer { user: u.clone(), offer: offer.clone(), denial: denial.clone() }
+                }
                 _ => ChannelMode::Deny("access denied".into()),
             }
         })
@@ -409,9 +422,13 @@ impl SshHandler {
             }
             Target::Host { login, host } => (login, host),
         };
-        let access = match conn.broker.authorize_ssh(&user, &login, &host, &conn.client_addr()).await {
-            Ok(a) => a,
-            Err(BrokerError::Denied(msg)) => {
+        let access = match conn.broker.gate_ssh(&user, &login, &host, &conn.client_addr()).await {
+            Ok(SshGate::Allowed(a)) => *a,
+            Ok(SshGate::Requestable { denial, offer }) => {
+                conn.with_state(|s| s.offer = Some((offer, denial)));
+                return;
+            }
+            Ok(SshGate::Denied(msg)) => {
                 conn.with_state(|s| s.denial = Some(msg));
                 return;
             }
@@ -424,48 +441,56 @@ impl SshHandler {
                 return;
             }
         };
-        let opened = conn
-            .broker
-            .open_session(NewSession {
-                kind: "ssh",
-                subject: Subject { kind: "user", id: user.id.clone(), name: user.name.clone() },
-                host: access.host.clone(),
-                login: access.login.clone(),
-                grant_id: Some(access.grant.id.clone()),
-                client_addr: conn.client_addr(),
-                mcp_session_id: None,
-                expires_at: Some(access.grant.expires_at),
-            })
-            .await;
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "could not open the session");
-                conn.with_state(|s| {
-                    s.denial = Some("access denied: gatehouse could not record the session start".into())
-                });
-                return;
-            }
-        };
-        conn.with_state(|s| {
-            s.session = Some(opened.clone());
-            s.access = Some(access);
-        });
-        // End this connection when the broker ends the session.
-        let c = self.conn.clone();
-        let live = opened.live.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = live.ended() => c.stop.cancel(),
-                _ = c.stop.cancelled() => {}
-            }
-        });
-        // Start the upstream handshake now, while the client finishes its own.
-        let c = self.conn.clone();
-        tokio::spawn(async move {
-            let _ = c.upstream().await;
-        });
+        if let Err(msg) = start_session(&self.conn, &user, access).await {
+            conn.with_state(|s| s.denial = Some(msg));
+        }
     }
+}
+
+/// Open the session row for an allowed connection, remember it on the
+/// connection, end the connection when the broker ends the session, and
+/// start the upstream handshake. Err is what the user is told.
+pub(crate) async fn start_session(conn: &Arc<Conn>, user: &User, access: SshAccess) -> Result<OpenedSession, String> {
+    let opened = conn
+        .broker
+        .open_session(NewSession {
+            kind: "ssh",
+            subject: Subject { kind: "user", id: user.id.clone(), name: user.name.clone() },
+            host: access.host.clone(),
+            login: access.login.clone(),
+            grant_id: Some(access.grant.id.clone()),
+            client_addr: conn.client_addr(),
+            mcp_session_id: None,
+            expires_at: Some(access.grant.expires_at),
+        })
+        .await;
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "could not open the session");
+            return Err("access denied: gatehouse could not record the session start".into());
+        }
+    };
+    conn.with_state(|s| {
+        s.session = Some(opened.clone());
+        s.access = Some(access);
+        s.offer = None;
+    });
+    // End this connection when the broker ends the session.
+    let c = conn.clone();
+    let live = opened.live.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = live.ended() => c.stop.cancel(),
+            _ = c.stop.cancelled() => {}
+        }
+    });
+    // Start the upstream handshake now, while the client finishes its own.
+    let c = conn.clone();
+    tokio::spawn(async move {
+        let _ = c.upstream().await;
+    });
+    Ok(opened)
 }
 
 impl server::Handler for SshHandler {

@@ -86,6 +86,56 @@ fn row_to_grant(r: &sqlx::any::AnyRow, now: i64) -> Result<Grant> {
     })
 }
 
+/// Insert a grant and its `grant.create` audit row inside the caller's write
+/// transaction (so an approval and the grant it makes commit together).
+/// `extra` is merged into the audit details (e.g. the access request id).
+pub(crate) async fn insert_grant(
+    w: &mut crate::db::WriteTx,
+    actor: &Actor,
+    g: &NewGrant,
+    extra: serde_json::Value,
+) -> Result<String> {
+    ids::check_login(&g.login)?;
+    if g.ttl.is_zero() || g.ttl > MAX_GRANT_TTL {
+        return Err(BrokerError::Invalid("grant TTL must be between 1 s and 90 days".into()));
+    }
+    let reason = crate::audit::cap(g.reason.trim(), 1000);
+    let id = ids::new("g");
+    let now = now_ms();
+    let expires = now.saturating_add(i64::try_from(g.ttl.as_millis()).unwrap_or(i64::MAX));
+    sqlx::query(
+        "INSERT INTO grants (id, subject_kind, subject_id, host_id, login, created_at, expires_at, reason, created_by) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+    )
+    .bind(&id)
+    .bind(g.subject_kind)
+    .bind(&g.subject_id)
+    .bind(&g.host.id)
+    .bind(&g.login)
+    .bind(now)
+    .bind(expires)
+    .bind(&reason)
+    .bind(format!("{}:{}", actor.kind, actor.name))
+    .execute(w.conn())
+    .await?;
+    let mut details = serde_json::json!({
+        "subject": format!("{}:{}", g.subject_kind, g.subject_name),
+        "host": g.host.name,
+        "login": g.login,
+        "expires_at": expires,
+    });
+    if let (Some(d), serde_json::Value::Object(more)) = (details.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    w.audit(
+        AuditRecord::new(actor.clone(), "grant.create", format!("grant:{id}"), Outcome::Allow)
+            .reason(reason)
+            .details(details),
+    )
+    .await?;
+    Ok(id)
+}
+
 /// What the bastion may do for an allowed connection.
 #[derive(Debug, Clone)]
 pub struct SshAccess {
@@ -98,41 +148,8 @@ pub struct SshAccess {
 impl Broker {
     /// Create a grant (and its audit row) in one transaction.
     pub async fn create_grant(&self, actor: &Actor, g: NewGrant) -> Result<Grant> {
-        ids::check_login(&g.login)?;
-        if g.ttl.is_zero() || g.ttl > MAX_GRANT_TTL {
-            return Err(BrokerError::Invalid("grant TTL must be between 1 s and 90 days".into()));
-        }
-        let reason = crate::audit::cap(g.reason.trim(), 1000);
-        let id = ids::new("g");
-        let now = now_ms();
-        let expires = now.saturating_add(i64::try_from(g.ttl.as_millis()).unwrap_or(i64::MAX));
         let mut w = self.db().write().await?;
-        sqlx::query(
-            "INSERT INTO grants (id, subject_kind, subject_id, host_id, login, created_at, expires_at, reason, created_by) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-        )
-        .bind(&id)
-        .bind(g.subject_kind)
-        .bind(&g.subject_id)
-        .bind(&g.host.id)
-        .bind(&g.login)
-        .bind(now)
-        .bind(expires)
-        .bind(&reason)
-        .bind(format!("{}:{}", actor.kind, actor.name))
-        .execute(w.conn())
-        .await?;
-        w.audit(
-            AuditRecord::new(actor.clone(), "grant.create", format!("grant:{id}"), Outcome::Allow)
-                .reason(reason.clone())
-                .details(serde_json::json!({
-                    "subject": format!("{}:{}", g.subject_kind, g.subject_name),
-                    "host": g.host.name,
-                    "login": g.login,
-                    "expires_at": expires,
-                })),
-        )
-        .await?;
+        let id = insert_grant(&mut w, actor, &g, serde_json::Value::Null).await?;
         w.commit().await?;
         self.grant(&id).await
     }

@@ -86,6 +86,19 @@ impl MasterKey {
         }
     }
 
+    /// An independent key for another purpose (e.g. sealing webhook
+    /// secrets in the database), derived as SHA-256(label ‖ 0 ‖ master key).
+    pub fn derive(&self, label: &str) -> MasterKey {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(label.as_bytes());
+        h.update([0u8]);
+        h.update(&self.0[..]);
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&h.finalize());
+        Self(k)
+    }
+
     fn aead(&self) -> Result<LessSafeKey> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &self.0[..])
             .map_err(|_| BrokerError::Internal("bad master key length".into()))?;

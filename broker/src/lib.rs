@@ -3,6 +3,7 @@
 //! database; the bastion and the MCP server ask it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod agent_access;
 pub mod agents;
 pub mod audit;
@@ -15,10 +16,12 @@ pub mod ids;
 pub mod keys;
 pub mod live;
 pub mod pki;
+pub mod policy;
 pub mod probes;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +88,7 @@ struct Inner {
     config: BrokerConfig,
     shutdown: CancellationToken,
     pki: pki::PkiState,
+    hooks: webhooks::WebhookState,
 }
 
 impl Broker {
@@ -97,6 +101,7 @@ impl Broker {
         let (master, generated_master_key) = MasterKey::load(&config.master_key, &config.data_dir)?;
         let keys = KeyStore::load_or_create(&config.data_dir, &master)?;
         let (pki, created_x509) = pki::load_or_create(&config.data_dir, &master)?;
+        let hooks = webhooks::WebhookState::new(&master);
         drop(master);
         let db = match &config.database_url {
             Some(url) => db::Db::connect(url).await?,
@@ -114,6 +119,7 @@ impl Broker {
                 config,
                 shutdown: CancellationToken::new(),
                 pki,
+                hooks,
             }),
         };
         if created_keys {
@@ -136,6 +142,7 @@ impl Broker {
         let admin_token = broker.ensure_admin_token().await?;
         broker.recover_after_restart().await?;
         broker.spawn_enforcer();
+        broker.spawn_webhook_worker();
         Ok((broker, FirstStart { admin_token, generated_master_key, created_keys }))
     }
 

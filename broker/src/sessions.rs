@@ -246,7 +246,24 @@ impl Broker {
             })),
         )
         .await?;
+        crate::webhooks::enqueue(
+            w.conn(),
+            &crate::webhooks::Event::new(
+                crate::webhooks::EventKind::SessionStarted,
+                format!(
+                    "Gatehouse: {} {} started session {id} on {}@{}",
+                    s.subject.kind, s.subject.name, s.login, s.host.name
+                ),
+                serde_json::json!({
+                    "session_id": id, "kind": s.kind, "subject_kind": s.subject.kind, "subject": s.subject.name,
+                    "host": s.host.name, "login": s.login, "client_addr": s.client_addr, "grant_id": s.grant_id,
+                    "mcp_session_id": s.mcp_session_id, "expires_at": s.expires_at,
+                }),
+            ),
+        )
+        .await?;
         w.commit().await?;
+        self.kick_webhooks();
         let live = LiveSession::new(
             id.clone(),
             s.grant_id.clone(),
@@ -323,8 +340,8 @@ impl Broker {
         let kind: String = row.try_get("subject_kind")?;
         let name: String = row.try_get("subject_name")?;
         let actor = match kind.as_str() {
-            "agent" => Actor::agent(name),
-            _ => Actor::user(name),
+            "agent" => Actor::agent(name.clone()),
+            _ => Actor::user(name.clone()),
         };
         let host: String = row.try_get("host_name")?;
         let login: String = row.try_get("login")?;
@@ -347,7 +364,21 @@ impl Broker {
                 })),
         )
         .await?;
+        crate::webhooks::enqueue(
+            w.conn(),
+            &crate::webhooks::Event::new(
+                crate::webhooks::EventKind::SessionEnded,
+                format!("Gatehouse: {kind} {name}'s session {id} on {login}@{host} ended: {}", end.reason),
+                serde_json::json!({
+                    "session_id": id, "subject_kind": kind, "subject": name, "host": host, "login": login,
+                    "reason": end.reason, "exit_status": end.exit_status, "exit_signal": end.exit_signal,
+                    "bytes_in": end.bytes_in, "bytes_out": end.bytes_out,
+                }),
+            ),
+        )
+        .await?;
         w.commit().await?;
+        self.kick_webhooks();
         Ok(())
     }
 

@@ -77,6 +77,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/audit/export", get(audit_export))
         .merge(crate::api_agents::routes())
+        .merge(crate::api_jit::routes())
         .route_layer(middleware::from_fn_with_state(broker.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -4,9 +4,11 @@
 
 mod api;
 mod api_agents;
+mod api_jit;
 mod api_pki;
 mod cli;
 mod cli_agents;
+mod cli_jit;
 mod cli_pki;
 mod client;
 mod fmt;
@@ -97,6 +99,21 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_pki::ProbeCmd,
     },
+    /// Access policies bound to host groups.
+    Policy {
+        #[command(subcommand)]
+        cmd: cli_jit::PolicyCmd,
+    },
+    /// Just-in-time access requests and approvals.
+    Access {
+        #[command(subcommand)]
+        cmd: cli_jit::AccessCmd,
+    },
+    /// Outbound webhooks (Slack, Teams, your own receiver).
+    Webhook {
+        #[command(subcommand)]
+        cmd: cli_jit::WebhookCmd,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,6 +140,9 @@ fn main() -> std::process::ExitCode {
             Command::Mcp { cmd } => cli_agents::mcp(&cli.global, cmd).await,
             Command::Pki { cmd } => cli_pki::pki(&cli.global, cmd).await,
             Command::Probe { cmd } => cli_pki::probe(&cli.global, cmd).await,
+            Command::Policy { cmd } => cli_jit::policy(&cli.global, cmd).await,
+            Command::Access { cmd } => cli_jit::access(&cli.global, cmd).await,
+            Command::Webhook { cmd } => cli_jit::webhook(&cli.global, cmd).await,
         }
     });
     match result {

@@ -715,3 +715,192 @@ pub fn mcp_refused_401(v: &Value) -> bool {
     v.get("connect_error").is_some_and(|e| !e.is_null())
         && v["http_statuses"].as_array().is_some_and(|s| s.iter().any(|x| x == 401))
 }
+
+// ---------------------------------------------------------------------------
+// Just-in-time access helpers
+
+impl World {
+    /// Register another user with its own key and a role.
+    pub fn add_user(&self, name: &str, role: &str) -> UserKey {
+        let key = UserKey::new();
+        self.gh.ok(&["user", "add", name, "--role", role, "--ssh-key", key.public.to_str().unwrap()]);
+        key
+    }
+
+    /// `ssh gatehouse@bastion ARGS…` as the holder of `key`.
+    pub fn bastion_cmd(&self, key: &UserKey, args: &[&str]) -> Ran {
+        run(ssh(&self.gh, key, "gatehouse", args))
+    }
+
+    /// Bind a policy (TOML text) to a group.
+    pub fn set_policy(&self, group: &str, toml: &str) -> String {
+        let path = self.gh.dir.path().join(format!("policy-{group}-{:x}.toml", rand_u64()));
+        std::fs::write(&path, toml).unwrap();
+        self.gh.ok(&["policy", "set", group, "--file", path.to_str().unwrap()])
+    }
+}
+
+/// One HTTP request a [`HookServer`] received.
+#[derive(Debug, Clone)]
+pub struct HookRequest {
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The status the server answered with.
+    pub answered: u16,
+}
+
+impl HookRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("webhook body is JSON")
+    }
+}
+
+/// A tiny webhook receiver on 127.0.0.1: answers with the scripted statuses
+/// in order (then 200), or never answers when `hang` is set.
+pub struct HookServer {
+    pub port: u16,
+    received: Arc<Mutex<Vec<HookRequest>>>,
+}
+
+impl HookServer {
+    pub fn start(statuses: &[u16]) -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), statuses, false)
+    }
+
+    /// Accepts connections and reads requests but never answers.
+    pub fn hanging() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), &[], true)
+    }
+
+    pub fn start_on(listener: TcpListener, statuses: &[u16], hang: bool) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(statuses.iter().copied().collect::<std::collections::VecDeque<u16>>()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let sink = sink.clone();
+                let script = script.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_hook(stream, &sink, &script, hang);
+                });
+            }
+        });
+        Self { port, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn received(&self) -> Vec<HookRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Requests carrying `event`, once there are at least `n`.
+    pub fn wait_for(&self, event: &str, n: usize, timeout: Duration) -> Vec<HookRequest> {
+        eventually(timeout, &format!("{n} {event} webhook request(s)"), || {
+            let got: Vec<HookRequest> =
+                self.received().into_iter().filter(|r| r.header("x-gatehouse-event") == Some(event)).collect();
+            (got.len() >= n).then_some(got)
+        })
+    }
+}
+
+fn serve_hook(
+    stream: TcpStream,
+    sink: &Mutex<Vec<HookRequest>>,
+    script: &Mutex<std::collections::VecDeque<u16>>,
+    hang: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    if hang {
+        sink.lock().unwrap().push(HookRequest {
+            path,
+            headers,
+            body: String::from_utf8_lossy(&body).into(),
+            answered: 0,
+        });
+        std::thread::sleep(Duration::from_secs(120));
+        return Ok(());
+    }
+    let status = script.lock().unwrap().pop_front().unwrap_or(200);
+    sink.lock().unwrap().push(HookRequest {
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into(),
+        answered: status,
+    });
+    let mut w = stream;
+    write!(w, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    w.flush()?;
+    Ok(())
+}
+
+/// HMAC-SHA256 (RFC 2104), written here from SHA-256 so the tests check the
+/// broker's signatures with code the broker does not share.
+pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<u8>>());
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<u8>>());
+    outer.update(inner.finalize());
+    hex::encode(outer.finalize())
+}
+
+/// Check `X-Gatehouse-Signature: t=UNIX,v1=HEX` over `t.body`; the
+/// timestamp must be within a minute of now. Returns the timestamp.
+pub fn verify_signature(secret: &[u8], header: &str, body: &str) -> Result<i64> {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", x)) => t = x.parse::<i64>().ok(),
+            Some(("v1", x)) => v1 = Some(x.to_string()),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else { bail!("malformed signature header {header:?}") };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    if (now - t).abs() > 60 {
+        bail!("signature timestamp {t} is not within a minute of now ({now})");
+    }
+    let want = hmac_sha256_hex(secret, format!("{t}.{body}").as_bytes());
+    if want != v1 {
+        bail!("signature mismatch");
+    }
+    Ok(t)
+}

@@ -417,19 +417,19 @@ fn agent_suspended_mid_session_loses_it_within_a_second(b: Backend) {
 fn every_tool_is_refused_without_its_scope(b: Backend) {
     let w = world(b);
     let login = local_login();
-    // A documentation agent: certificate:read only, none of the tools below.
-    let token = agent_with_token(&w.gh, "docs", "certificate:read", "staging", &[]);
+    // A support bot: probe:read only, none of the tools below.
+    let token = agent_with_token(&w.gh, "docs", "probe:read", "staging", &[]);
     let calls = [
         ("gatehouse_list_allowed_hosts", json!({}), "host:read"),
-        (
-            "gatehouse_request_ssh_session",
-            json!({"host": "web-1", "login": login, "reason": "x"}),
-            "ssh_session:request",
-        ),
+        ("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "x"}), "ssh_session:request"),
         ("gatehouse_ssh_exec", json!({"session_id": "s_0000000000000000", "command": "true"}), "ssh_session:request"),
         ("gatehouse_close_ssh_session", json!({"session_id": "s_0000000000000000"}), "ssh_session:request"),
         ("gatehouse_write_audit_event", json!({"message": "hi"}), "audit:write"),
         ("gatehouse_query_audit", json!({}), "audit:read"),
+        ("gatehouse_request_certificate", json!({"name": "a.example.com", "csr_pem": "x"}), "certificate:request"),
+        ("gatehouse_get_certificate", json!({"name": "a.example.com"}), "certificate:read"),
+        ("gatehouse_list_certificates", json!({}), "certificate:read"),
+        ("gatehouse_create_probe", json!({"target": "web-1", "kind": "tcp"}), "probe:create"),
     ];
     let mut ops = vec![json!({"op": "list_tools"})];
     ops.extend(calls.iter().map(|(n, a, _)| call(n, a.clone())));
