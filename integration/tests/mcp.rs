@@ -437,8 +437,8 @@ fn every_tool_is_refused_without_its_scope(b: Backend) {
     let listed = tool_names(mcp_result(&r, 0));
     assert_eq!(
         listed,
-        ["gatehouse_list_allowed_resources", "gatehouse_whoami"],
-        "only always-callable tools are listed"
+        ["gatehouse_get_probe", "gatehouse_list_allowed_resources", "gatehouse_whoami"],
+        "only tools within the scopes (and the always-callable ones) are listed"
     );
     for (i, (name, _, scope)) in calls.iter().enumerate() {
         let res = mcp_result(&r, i + 1);
