@@ -227,7 +227,7 @@ fn approver_actor(a: &Approver) -> Actor {
 
 /// Policies bound to any of `groups`. A stored policy that no longer parses
 /// (e.g. its time zone vanished) is an error: decisions fail closed.
-async fn bound_policies(conn: &mut AnyConnection, groups: &[String]) -> Result<Vec<BoundPolicy>> {
+pub(crate) async fn bound_policies(conn: &mut AnyConnection, groups: &[String]) -> Result<Vec<BoundPolicy>> {
     let rows = sqlx::query("SELECT group_name, source FROM policies ORDER BY group_name").fetch_all(&mut *conn).await?;
     let mut out = Vec::new();
     for r in &rows {

@@ -99,7 +99,13 @@ impl Db {
     /// audit rows it appends, commits or rolls back together.
     pub async fn write(&self) -> Result<WriteTx> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let mut tx = self.pool.begin().await?;
+        // SQLite: take the write lock up front. A deferred transaction that
+        // reads first and writes later can fail to upgrade when another
+        // connection wrote meanwhile; IMMEDIATE waits (busy_timeout) instead.
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK_KEY).execute(&mut *tx).await?;
         }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod agent_access;
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod db;
 pub mod error;

@@ -482,6 +482,7 @@ impl Broker {
     }
 
     pub async fn finish_recording(&self, id: &str, end: &RecordingEnd) -> Result<()> {
+        let mut w = self.db().write().await?;
         sqlx::query(
             "UPDATE recordings SET ended_at = $1, bytes_in = $2, bytes_out = $3, sha256_in = $4, sha256_out = $5, \
              truncated = $6, exit_status = $7, exit_signal = $8, file_sha256 = $9 WHERE id = $10",
@@ -496,8 +497,9 @@ impl Broker {
         .bind(&end.exit_signal)
         .bind(&end.file_sha256)
         .bind(id)
-        .execute(self.pool())
+        .execute(w.conn())
         .await?;
+        w.commit().await?;
         Ok(())
     }
 

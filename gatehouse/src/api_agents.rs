@@ -20,6 +20,7 @@ pub fn routes() -> Router<Broker> {
         .route("/api/v1/agents/{name}/bootstrap", post(bootstrap))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
+        .merge(approval_routes())
 }
 
 async fn list(State(b): State<Broker>) -> ApiResult {
@@ -141,4 +142,52 @@ async fn create_token(State(b): State<Broker>, Json(r): Json<CreateToken>) -> Ap
 
 async fn revoke_token(State(b): State<Broker>, Path(id): Path<String>) -> ApiResult {
     Ok(Json(json!(b.revoke_token(&Actor::admin(), &id).await?)))
+}
+
+/// `gatehouse approvals …`: agents' action approvals and pending access
+/// requests, decided by the admin (an agent can never approve).
+pub fn approval_routes() -> Router<Broker> {
+    Router::new()
+        .route("/api/v1/approvals", get(list_approvals))
+        .route("/api/v1/approvals/{id}/approve", post(approve_any))
+        .route("/api/v1/approvals/{id}/deny", post(deny_any))
+}
+
+async fn list_approvals(State(b): State<Broker>) -> ApiResult {
+    let actions = b.list_action_approvals(true).await?;
+    let access = b.list_access_requests(Some("pending"), None, 1000).await?;
+    Ok(Json(json!({ "actions": actions, "access_requests": access })))
+}
+
+#[derive(Deserialize, Default)]
+struct Decision {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn decide_any(b: &Broker, peer: std::net::SocketAddr, id: &str, approve: bool, reason: &str) -> ApiResult {
+    if id.starts_with("ap_") {
+        Ok(Json(json!(b.decide_action_approval(&Actor::admin(), id, approve, reason).await?)))
+    } else {
+        let approver = gatehouse_broker::policy::Approver::Admin;
+        Ok(Json(json!(b.decide_request(&approver, id, approve, reason, &peer.to_string()).await?)))
+    }
+}
+
+async fn approve_any(
+    State(b): State<Broker>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Path(id): Path<String>,
+    Json(r): Json<Decision>,
+) -> ApiResult {
+    decide_any(&b, peer, &id, true, &r.reason).await
+}
+
+async fn deny_any(
+    State(b): State<Broker>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Path(id): Path<String>,
+    Json(r): Json<Decision>,
+) -> ApiResult {
+    decide_any(&b, peer, &id, false, &r.reason).await
 }

@@ -91,6 +91,76 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// Pending approvals: agents' action approvals and access requests.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve ap_… (an agent's action) or a_… (an access request).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny, with a reason the requester sees.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub async fn approvals(g: &Global, cmd: ApprovalsCmd) -> anyhow::Result<()> {
+    let api = Api::new(g)?;
+    match cmd {
+        ApprovalsCmd::List { json } => {
+            let v = api.get("/api/v1/approvals").await?;
+            if json {
+                return fmt::json(&v);
+            }
+            let mut rows: Vec<Vec<String>> = list(&v["actions"])
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(a, "id"),
+                        format!("agent:{}", s(a, "agent")),
+                        format!("{} on {}", s(a, "action"), s(a, "resource")),
+                        s(a, "reason"),
+                        time(&a["expires_at"]),
+                    ]
+                })
+                .collect();
+            rows.extend(list(&v["access_requests"]).iter().map(|r| {
+                vec![
+                    s(r, "id"),
+                    format!("{}:{}", s(r, "requester_kind"), s(r, "requester_name")),
+                    format!(
+                        "ssh {}@{} for {}s ({})",
+                        s(r, "login"),
+                        s(r, "host_name"),
+                        s(r, "ttl_seconds"),
+                        s(r, "needs")
+                    ),
+                    s(r, "reason"),
+                    time(&r["expires_at"]),
+                ]
+            }));
+            table(&["ID", "REQUESTER", "WHAT", "REASON", "EXPIRES"], rows);
+        }
+        ApprovalsCmd::Approve { id, reason } => {
+            let v = api.post(&format!("/api/v1/approvals/{}/approve", enc(&id)), &json!({"reason": reason})).await?;
+            println!("{} is {}", s(&v, "id"), s(&v, "status"));
+        }
+        ApprovalsCmd::Deny { id, reason } => {
+            let v = api.post(&format!("/api/v1/approvals/{}/deny", enc(&id)), &json!({"reason": reason})).await?;
+            println!("{} is {}", s(&v, "id"), s(&v, "status"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
 pub enum McpCmd {
     /// Run as a child process of an AI client: MCP over stdio, each call
     /// forwarded to Gatehouse signed with the enrolled key (or with

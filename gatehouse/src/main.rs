@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cli_agents::TokenCmd,
     },
+    /// Decide what agents (and people) asked for: actions and access requests.
+    Approvals {
+        #[command(subcommand)]
+        cmd: cli_agents::ApprovalsCmd,
+    },
     /// The MCP bridge and client configuration.
     Mcp {
         #[command(subcommand)]
@@ -138,6 +143,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent { cmd } => cli_agents::agent(&cli.global, cmd).await,
             Command::Token { cmd } => cli_agents::token(&cli.global, cmd).await,
             Command::Mcp { cmd } => cli_agents::mcp(&cli.global, cmd).await,
+            Command::Approvals { cmd } => cli_agents::approvals(&cli.global, cmd).await,
             Command::Pki { cmd } => cli_pki::pki(&cli.global, cmd).await,
             Command::Probe { cmd } => cli_pki::probe(&cli.global, cmd).await,
             Command::Policy { cmd } => cli_jit::policy(&cli.global, cmd).await,

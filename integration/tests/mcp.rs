@@ -22,9 +22,11 @@ both_backends!(
 
 const FULL: &str = "host:read,ssh_session:request,approval:request,audit:read,audit:write";
 
-/// World + a prod host `db-1` on the same sshd.
+/// World + a prod host `db-1` on the same sshd; staging lets agents in
+/// without a human approval (prod keeps the default: approval needed).
 fn world(b: Backend) -> World {
     let w = World::new(b);
+    w.set_policy("staging", "approvals = 0\n");
     w.gh.ok(&[
         "host",
         "add",
@@ -421,7 +423,11 @@ fn every_tool_is_refused_without_its_scope(b: Backend) {
     let token = agent_with_token(&w.gh, "docs", "probe:read", "staging", &[]);
     let calls = [
         ("gatehouse_list_allowed_hosts", json!({}), "host:read"),
-        ("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "x"}), "ssh_session:request"),
+        (
+            "gatehouse_request_ssh_session",
+            json!({"host": "web-1", "login": login, "reason": "x"}),
+            "ssh_session:request",
+        ),
         ("gatehouse_ssh_exec", json!({"session_id": "s_0000000000000000", "command": "true"}), "ssh_session:request"),
         ("gatehouse_close_ssh_session", json!({"session_id": "s_0000000000000000"}), "ssh_session:request"),
         ("gatehouse_write_audit_event", json!({"message": "hi"}), "audit:write"),

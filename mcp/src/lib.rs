@@ -11,6 +11,7 @@ mod error;
 mod rest;
 mod server;
 mod tools;
+mod tools_approvals;
 mod tools_pki;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_bastion::exec::ExecRequest;
+use gatehouse_broker::agent_access::{AgentSessionAnswer, AgentSessionAsk};
 use gatehouse_broker::agents::AgentPrincipal;
 use gatehouse_broker::audit::cap;
 use gatehouse_broker::{AuditQuery, AuditRecord, BrokerError, Outcome, Severity};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::McpState;
+use crate::tools_approvals::{self, ApprovalOut, GetApproval, RequestApproval};
 use crate::tools_pki::{
     self, CertBundle, CertList, CreateProbe, GetCertificate, GetProbe, ListCertificates, ProbeOut, RequestCertificate,
 };
@@ -144,6 +146,28 @@ const DEFS: &[Def] = &[
         "Audit events inside your groups: your own calls and events about hosts in your groups."
     ),
     def!(
+        "gatehouse_request_approval",
+        "Ask a human to approve an action",
+        Some("approval:request"),
+        ro = false,
+        destructive = false,
+        idempotent = false,
+        RequestApproval,
+        ApprovalOut,
+        "Pause before something privileged (restarting a service, touching production) and ask a human. Returns an approval_id to poll with gatehouse_get_approval. You can never approve anything yourself."
+    ),
+    def!(
+        "gatehouse_get_approval",
+        "Check an approval",
+        Some("approval:request"),
+        ro = true,
+        destructive = false,
+        idempotent = false,
+        GetApproval,
+        ApprovalOut,
+        "The decision on an approval you asked for: an action approval, or a pending SSH session request. Once a session request is approved, its session opens and session_id is set."
+    ),
+    def!(
         "gatehouse_request_certificate",
         "Request a TLS certificate",
         Some("certificate:request"),
@@ -210,6 +234,8 @@ pub const TOOL_NAMES: &[&str] = &[
     "gatehouse_close_ssh_session",
     "gatehouse_write_audit_event",
     "gatehouse_query_audit",
+    "gatehouse_request_approval",
+    "gatehouse_get_approval",
     "gatehouse_request_certificate",
     "gatehouse_get_certificate",
     "gatehouse_list_certificates",
@@ -292,6 +318,8 @@ pub fn check_arguments(name: &str, args: Option<JsonObject>, max_bytes: usize) -
         "gatehouse_close_ssh_session" => parse::<CloseSession>(name, args).map(drop),
         "gatehouse_write_audit_event" => parse::<WriteAudit>(name, args).map(drop),
         "gatehouse_query_audit" => parse::<QueryAudit>(name, args).map(drop),
+        "gatehouse_request_approval" => parse::<RequestApproval>(name, args).map(drop),
+        "gatehouse_get_approval" => parse::<GetApproval>(name, args).map(drop),
         "gatehouse_request_certificate" => parse::<RequestCertificate>(name, args).map(drop),
         "gatehouse_get_certificate" => parse::<GetCertificate>(name, args).map(drop),
         "gatehouse_list_certificates" => parse::<ListCertificates>(name, args).map(drop),
@@ -331,6 +359,8 @@ pub async fn call(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Re
         "gatehouse_close_ssh_session" => close(ctx, parse::<CloseSession>(name, args)?).await,
         "gatehouse_write_audit_event" => write_audit(ctx, parse::<WriteAudit>(name, args)?).await?,
         "gatehouse_query_audit" => query_audit(ctx, parse::<QueryAudit>(name, args)?).await?,
+        "gatehouse_request_approval" => tools_approvals::request_approval(ctx, parse(name, args)?).await?,
+        "gatehouse_get_approval" => tools_approvals::get_approval(ctx, parse(name, args)?).await?,
         "gatehouse_request_certificate" => tools_pki::request_certificate(ctx, parse(name, args)?).await?,
         "gatehouse_get_certificate" => tools_pki::get_certificate(ctx, parse(name, args)?).await?,
         "gatehouse_list_certificates" => tools_pki::list_certificates(ctx, parse(name, args)?).await?,
@@ -404,6 +434,10 @@ pub struct RequestSession {
     pub ttl_seconds: Option<u64>,
     /// Why you need it; recorded in the audit log. Required.
     pub reason: String,
+    /// Incident response: groups to be elevated into for this session's
+    /// lifetime only. Always needs a human's approval; reverts automatically.
+    #[serde(default)]
+    pub elevate_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -518,10 +552,14 @@ pub struct Resources {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionGranted {
-    pub session_id: String,
-    /// active
+    /// Set when the session is open (status active).
+    pub session_id: Option<String>,
+    /// active, or pending_approval (poll gatehouse_get_approval with approval_id).
     pub status: String,
-    pub expires_at: String,
+    pub approval_id: Option<String>,
+    /// Who must approve, when pending.
+    pub needs: Option<String>,
+    pub expires_at: Option<String>,
     pub host: String,
     pub login: String,
     /// True when the requested TTL was above the cap and was lowered to it.
@@ -678,27 +716,56 @@ async fn request_session(ctx: &CallCtx<'_>, a: RequestSession) -> Result<Outcome
     }
     let ttl = asked.min(max);
     let resource = format!("{}@{}", cap(&a.login, 32), cap(&a.host, 63));
+    let elevate = a.elevate_groups.clone().unwrap_or_default();
+    if elevate.len() > 16 {
+        return Err(invalid("elevate_groups names at most 16 groups"));
+    }
     match ctx
         .st
         .broker
-        .agent_request_session(ctx.p, &a.host, &a.login, ttl, a.reason.trim(), ctx.mcp_session.clone())
+        .agent_request_session(
+            ctx.p,
+            AgentSessionAsk {
+                host: a.host.clone(),
+                login: a.login.clone(),
+                ttl,
+                reason: a.reason.trim().to_string(),
+                elevate_groups: elevate,
+                mcp_session: ctx.mcp_session.clone(),
+            },
+        )
         .await
     {
-        Ok(opened) => {
+        Ok(AgentSessionAnswer::Opened(opened)) => {
             let expires = opened.live.expires_at.unwrap_or_default();
             ctx.st.exec.register(&ctx.st.broker, opened.clone());
             Ok(ok(
                 resource,
                 SessionGranted {
-                    session_id: opened.id,
+                    session_id: Some(opened.id),
                     status: "active".into(),
-                    expires_at: rfc3339(expires),
+                    approval_id: None,
+                    needs: None,
+                    expires_at: Some(rfc3339(expires)),
                     host: opened.host.name,
                     login: opened.login,
                     ttl_capped: asked > max,
                 },
             ))
         }
+        Ok(AgentSessionAnswer::Pending(req)) => Ok(ok(
+            resource,
+            SessionGranted {
+                session_id: None,
+                status: "pending_approval".into(),
+                approval_id: Some(req.id),
+                needs: Some(req.needs),
+                expires_at: None,
+                host: req.host_name,
+                login: req.login,
+                ttl_capped: asked > max,
+            },
+        )),
         Err(BrokerError::Denied(sentence)) => Ok(Outcome2::Denied { resource, sentence, audited: true }),
         Err(e) => Ok(failed(resource, e)),
     }
