@@ -20,9 +20,9 @@ struct Setup {
     gh: Gatehouse,
     target: Sshd,
     jump: Sshd,
-    key: UserKey,
+    _key: UserKey,
     login: String,
-    known_hosts: std::path::PathBuf,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -36,7 +36,7 @@ fn setup() -> Result<Setup> {
         format!("AuthorizedKeysFile {}\nMaxStartups 2000\nMaxSessions 2000\nAllowTcpForwarding yes", auth.display());
     let target = Sshd::start_with(&gh.user_ca(), &extra)?;
     let jump = Sshd::start_with(&gh.user_ca(), &extra)?;
-    let login = local_login();
+    let login = bench_login()?;
     gh.ok(&["user", "add", "alice", "--ssh-key", key.public.to_str().unwrap()]);
     gh.ok(&[
         "host",
@@ -50,18 +50,35 @@ fn setup() -> Result<Setup> {
         target.host_key_pub.to_str().unwrap(),
     ]);
     gh.ok(&["grant", "add", "alice", "--host", "web-1", "--login", &login, "--ttl", "2h"]);
+    // Agents in the bench group get sessions without waiting for a human.
+    let policy = dir.path().join("bench-policy.toml");
+    std::fs::write(&policy, "approvals = 0\n")?;
+    gh.ok(&["policy", "set", "bench", "--file", policy.to_str().unwrap()]);
     let known_hosts = dir.path().join("known_hosts");
     let mut kh = std::fs::read_to_string(&gh.known_hosts)?;
     for s in [&target, &jump] {
         kh.push_str(&format!("\n[127.0.0.1]:{} {}", s.port, std::fs::read_to_string(&s.host_key_pub)?.trim()));
     }
     std::fs::write(&known_hosts, kh)?;
-    Ok(Setup { gh, target, jump, key, login, known_hosts, _dir: dir })
+    // One config for every path, so `ssh -J`'s inner ssh uses it too.
+    let config = dir.path().join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n",
+            key.private.display(),
+            known_hosts.display()
+        ),
+    )?;
+    Ok(Setup { gh, target, jump, _key: key, login, config, _dir: dir })
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Path {
     Direct,
+    /// Direct with the key exchange Gatehouse's client side negotiates
+    /// (OpenSSH 9.2 prefers sntrup761x25519, which russh does not offer).
+    DirectCurve25519,
     Gatehouse,
     Jump,
 }
@@ -70,6 +87,7 @@ impl Path {
     fn name(self) -> &'static str {
         match self {
             Path::Direct => "OpenSSH direct",
+            Path::DirectCurve25519 => "OpenSSH direct, curve25519 kex",
             Path::Gatehouse => "through Gatehouse",
             Path::Jump => "OpenSSH jump host (ssh -J)",
         }
@@ -78,23 +96,19 @@ impl Path {
 
 fn ssh(s: &Setup, path: Path, args: &[&str]) -> Command {
     let mut c = Command::new("ssh");
-    c.args([
-        "-F",
-        "none",
-        "-i",
-        s.key.private.to_str().unwrap(),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        &format!("UserKnownHostsFile={}", s.known_hosts.display()),
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-    ]);
+    c.arg("-F").arg(&s.config);
     match path {
         Path::Direct => {
             c.args(["-p", &s.target.port.to_string(), &format!("{}@127.0.0.1", s.login)]);
+        }
+        Path::DirectCurve25519 => {
+            c.args([
+                "-o",
+                "KexAlgorithms=curve25519-sha256",
+                "-p",
+                &s.target.port.to_string(),
+                &format!("{}@127.0.0.1", s.login),
+            ]);
         }
         Path::Gatehouse => {
             c.args(["-p", &s.gh.ssh_port.to_string(), &format!("{}@web-1@127.0.0.1", s.login)]);
@@ -136,13 +150,13 @@ fn time_true(s: &Setup, path: Path) -> Result<f64> {
 
 fn connect(s: &Setup, runs: usize, results: &mut Value) -> Result<()> {
     println!("\n## Connect and run `true` ({runs} runs each, interleaved, median)\n");
-    let paths = [Path::Direct, Path::Gatehouse, Path::Jump];
+    let paths = [Path::Direct, Path::DirectCurve25519, Path::Gatehouse, Path::Jump];
     for p in paths {
         for _ in 0..3 {
             time_true(s, p)?;
         }
     }
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     for _ in 0..runs {
         for (i, p) in paths.iter().enumerate() {
             samples[i].push(time_true(s, *p)?);
@@ -155,8 +169,9 @@ fn connect(s: &Setup, runs: usize, results: &mut Value) -> Result<()> {
     }
     results["connect"] = json!({
         "runs": runs,
-        "direct_ms": med[0], "gatehouse_ms": med[1], "jump_ms": med[2],
-        "gatehouse_over_direct": med[1] / med[0], "jump_over_direct": med[2] / med[0],
+        "direct_ms": med[0], "direct_curve25519_ms": med[1], "gatehouse_ms": med[2], "jump_ms": med[3],
+        "gatehouse_over_direct": med[2] / med[0], "gatehouse_over_direct_curve25519": med[2] / med[1],
+        "jump_over_direct": med[3] / med[0],
     });
     Ok(())
 }
@@ -215,7 +230,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 fn active_sessions(s: &Setup) -> usize {
-    s.gh.json(&["sessions", "list", "--active"]).as_array().map(Vec::len).unwrap_or(0)
+    s.gh.json(&["sessions", "list", "--active", "--limit", "100000"]).as_array().map(Vec::len).unwrap_or(0)
 }
 
 fn idle(s: &Setup, n: usize, results: &mut Value) -> Result<()> {
@@ -369,6 +384,101 @@ async fn mcp(s: &Setup, calls: usize, results: &mut Value) -> Result<()> {
     Ok(())
 }
 
+/// 500 interactive sessions held open plus 100 MCP tool calls per second for
+/// two minutes: every session survives, every call succeeds, memory is flat.
+fn load(s: &Setup, sessions: usize, rate: u64, secs: u64, results: &mut Value) -> Result<()> {
+    println!("\n## Load: {sessions} interactive sessions + {rate} MCP calls/s for {secs} s\n");
+    let pid = s.gh.pid().context("server pid")?;
+    let mut children = Vec::new();
+    for i in 0..sessions {
+        children.push(
+            ssh(s, Path::Gatehouse, &["-tt"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        if i % 50 == 49 {
+            eventually(Duration::from_secs(120), "sessions", || (active_sessions(s) + 20 > i).then_some(()));
+        }
+    }
+    eventually(Duration::from_secs(300), "all sessions up", || (active_sessions(s) >= sessions).then_some(()));
+    if !s.gh.cli(&["agent", "show", "bench"]).status.success() {
+        s.gh.ok(&[
+            "agent",
+            "create",
+            "bench",
+            "--owner",
+            "alice",
+            "--scopes",
+            "host:read,ssh_session:request",
+            "--groups",
+            "bench",
+        ]);
+    }
+    let token = token_for(&s.gh, "bench", &[]);
+    let url = format!("{}/mcp", s.gh.url());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let clients = 10u64;
+    let (lat, failures, rss) = rt.block_on(async {
+        let mut handles = Vec::new();
+        for _ in 0..clients {
+            let (url, token) = (url.clone(), token.clone());
+            handles.push(tokio::spawn(async move {
+                let c = mcp_client(&url, &token).await?;
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * clients / rate));
+                let end = Instant::now() + Duration::from_secs(secs);
+                let (mut lat, mut failures) = (Vec::new(), 0u64);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let name = if n % 2 == 0 { "gatehouse_whoami" } else { "gatehouse_list_allowed_hosts" };
+                    n += 1;
+                    match timed_call(&c, name, json!({})).await {
+                        Ok((ms, _)) => lat.push(ms),
+                        Err(_) => failures += 1,
+                    }
+                }
+                c.cancel().await.ok();
+                anyhow::Ok((lat, failures))
+            }));
+        }
+        let mut rss = Vec::new();
+        let sampler = async {
+            for _ in 0..(secs / 10) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                rss.push(rss_kib(pid).unwrap_or(0));
+            }
+        };
+        let (results, ()) = tokio::join!(futures::future::join_all(handles), sampler);
+        let (mut lat, mut failures) = (Vec::new(), 0u64);
+        for r in results {
+            let (l, f) = r??;
+            lat.extend(l);
+            failures += f;
+        }
+        anyhow::Ok((lat, failures, rss))
+    })?;
+    let alive = children.iter_mut().map(|c| c.try_wait().ok().flatten().is_none()).filter(|a| *a).count();
+    let active = active_sessions(s);
+    let (p50, p99) = (percentile(lat.clone(), 0.5), percentile(lat.clone(), 0.99));
+    println!(
+        "| calls | failed calls | p50 | p99 | sessions alive after | RSS every 10 s (MiB) |\n|---|---|---|---|---|---|"
+    );
+    println!(
+        "| {} | {failures} | {p50:.2} ms | {p99:.2} ms | {alive}/{sessions} (server: {active} active) | {} |",
+        lat.len(),
+        rss.iter().map(|k| format!("{:.0}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" → ")
+    );
+    results["load"] = json!({"sessions": sessions, "rate": rate, "seconds": secs, "calls": lat.len(), "failed_calls": failures,
+        "p50_ms": p50, "p99_ms": p99, "sessions_alive": alive, "server_active": active, "rss_kib": rss});
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s || a == "all");
@@ -394,11 +504,37 @@ fn main() -> Result<()> {
     if want("idle") {
         idle(&s, num("BENCH_IDLE", 500) as usize, &mut results)?;
     }
+    if args.iter().any(|a| a == "load") {
+        load(
+            &s,
+            num("BENCH_LOAD_SESSIONS", 500) as usize,
+            num("BENCH_LOAD_RATE", 100),
+            num("BENCH_LOAD_SECS", 120),
+            &mut results,
+        )?;
+    }
     let out = gatehouse_integration::workspace().join("bench/out");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     println!("\nraw figures: bench/out/results.json");
     Ok(())
+}
+
+/// A login whose shell starts fast (`/bin/sh`, no profile), so the figures
+/// measure SSH and Gatehouse rather than a heavy ~/.bashrc on the target.
+fn bench_login() -> Result<String> {
+    const NAME: &str = "ghbench";
+    let exists = Command::new("id").arg(NAME).output()?.status.success();
+    if !exists {
+        let st = Command::new("useradd").args(["-m", "-s", "/bin/sh", NAME]).status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("note: cannot create user {NAME}; measuring as the current user");
+            return Ok(local_login());
+        }
+    }
+    // A locked password ("!") makes sshd refuse the account even for keys.
+    let _ = Command::new("usermod").args(["-p", "*", NAME]).status();
+    Ok(NAME.to_string())
 }
 
 fn openssh_version() -> String {

@@ -112,6 +112,9 @@ pub enum SessionsCmd {
     List {
         #[arg(long)]
         active: bool,
+        /// Newest N sessions.
+        #[arg(long, default_value_t = 500)]
+        limit: i64,
         #[arg(long)]
         json: bool,
     },
@@ -399,8 +402,8 @@ pub async fn grant(g: &Global, cmd: GrantCmd) -> anyhow::Result<()> {
 pub async fn sessions(g: &Global, cmd: SessionsCmd) -> anyhow::Result<()> {
     let api = Api::new(g)?;
     match cmd {
-        SessionsCmd::List { active, json } => {
-            let v = api.get(&format!("/api/v1/sessions?active={active}")).await?;
+        SessionsCmd::List { active, limit, json } => {
+            let v = api.get(&format!("/api/v1/sessions?active={active}&limit={limit}")).await?;
             if json {
                 return fmt::json(&v);
             }
