@@ -432,7 +432,7 @@ fn load(s: &Setup, sessions: usize, rate: u64, secs: u64, results: &mut Value) -
                 let mut n = 0u64;
                 while Instant::now() < end {
                     tick.tick().await;
-                    let name = if n % 2 == 0 { "gatehouse_whoami" } else { "gatehouse_list_allowed_hosts" };
+                    let name = if n.is_multiple_of(2) { "gatehouse_whoami" } else { "gatehouse_list_allowed_hosts" };
                     n += 1;
                     match timed_call(&c, name, json!({})).await {
                         Ok((ms, _)) => lat.push(ms),
