@@ -54,11 +54,11 @@ echo "PostgreSQL: $(psql -h 127.0.0.1 -U postgres -d postgres -tAc 'show server_
 
 # --- Python venv with the official MCP SDK (for the MCP client tests) -------
 VENV=${GATEHOUSE_TEST_VENV:-target/test-venv}
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import mcp, httpx' 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import mcp, httpx2' 2>/dev/null; then
   say "creating $VENV with the mcp SDK"
   python3 -m venv "$VENV" || { apt_install python3-venv; python3 -m venv "$VENV"; } || die "cannot create a Python venv"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install -q 'mcp>=1.20' httpx || die "pip install mcp failed"
+  "$VENV/bin/pip" install -q 'mcp>=2.3,<3' || die "pip install mcp failed"
 fi
 export GATEHOUSE_TEST_PYTHON="$PWD/$VENV/bin/python"
 "$GATEHOUSE_TEST_PYTHON" -c 'import importlib.metadata as m; print("python mcp SDK", m.version("mcp"))'

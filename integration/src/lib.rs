@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+mod peers;
+pub use peers::{TlsServer, hostname, mcp_call, openssl, openssl_ok};
+
 /// Which database the broker runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gatehouse_integration::*;
@@ -17,14 +16,6 @@ both_backends!(
     canary_trips_on_an_agent_call,
     renewal_bot_flow_over_mcp,
 );
-
-fn call(name: &str, args: Value) -> Value {
-    json!({"op": "call", "name": name, "args": args})
-}
-
-fn hostname() -> String {
-    String::from_utf8(Command::new("uname").arg("-n").output().unwrap().stdout).unwrap().trim().to_string()
-}
 
 /// web-1 (staging, no policy: the default needs one approval), an approver.
 fn world(b: Backend) -> (World, UserKey) {
@@ -42,8 +33,8 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_list_allowed_hosts", json!({})),
-            call(
+            mcp_call("gatehouse_list_allowed_hosts", json!({})),
+            mcp_call(
                 "gatehouse_request_ssh_session",
                 json!({"host": "web-1", "login": login, "reason": "rotate logs", "ttl_seconds": 600})
             ),
@@ -56,12 +47,12 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
     let approval = pending["approval_id"].as_str().unwrap().to_string();
     assert!(pending["needs"].as_str().unwrap().contains("approval"));
     // Still pending; the agent has no way to approve.
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_get_approval", json!({"approval_id": approval}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_get_approval", json!({"approval_id": approval}))]));
     assert_eq!(mcp_result(&r, 0)["structured"]["status"], "pending");
     // A human approves over SSH with the key they already use.
     let out = w.bastion_cmd(&carol, &["approve", &approval]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_get_approval", json!({"approval_id": approval}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_get_approval", json!({"approval_id": approval}))]));
     let st = &mcp_result(&r, 0)["structured"];
     assert_eq!(st["status"], "approved", "{r}");
     assert_eq!(st["decided_by"], "carol");
@@ -71,8 +62,8 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
-            call("gatehouse_get_approval", json!({"approval_id": approval})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
+            mcp_call("gatehouse_get_approval", json!({"approval_id": approval})),
         ]),
     );
     assert_eq!(mcp_result(&r, 0)["structured"]["stdout"], format!("{}\n", hostname()), "{r}");
@@ -82,7 +73,7 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
         &w.gh,
         &token,
         &[],
-        json!([call(
+        json!([mcp_call(
             "gatehouse_request_ssh_session",
             json!({"host": "web-1", "login": "daemon", "reason": "look around"})
         )]),
@@ -90,7 +81,7 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
     let second = mcp_result(&r, 0)["structured"]["approval_id"].as_str().unwrap().to_string();
     let out = w.bastion_cmd(&carol, &["deny", &second, "--reason", "'not needed'"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_get_approval", json!({"approval_id": second}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_get_approval", json!({"approval_id": second}))]));
     assert_eq!(mcp_result(&r, 0)["structured"]["status"], "denied");
     assert_eq!(mcp_result(&r, 0)["structured"]["decision_reason"], "not needed");
     // Policy that keeps agents out: a plain denial, audited as AI_AGENT_POLICY_DENIED.
@@ -99,7 +90,7 @@ fn agent_session_waits_for_a_human_then_runs(b: Backend) {
         &w.gh,
         &token,
         &[],
-        json!([call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "again"}))]),
+        json!([mcp_call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "again"}))]),
     );
     let res = mcp_result(&r, 0);
     assert_eq!(res["is_error"], true, "{r}");
@@ -125,15 +116,15 @@ fn agent_action_approvals_and_denials(b: Backend) {
         &token,
         &[],
         json!([
-            call(
+            mcp_call(
                 "gatehouse_request_approval",
                 json!({"action": "reload nginx", "resource": "web-1", "reason": "new certificate"})
             ),
-            call(
+            mcp_call(
                 "gatehouse_request_approval",
                 json!({"action": "drop database", "resource": "db-1", "reason": "cleanup"})
             ),
-            call("gatehouse_request_approval", json!({"action": "x", "resource": "y", "reason": ""})),
+            mcp_call("gatehouse_request_approval", json!({"action": "x", "resource": "y", "reason": ""})),
         ]),
     );
     let a1 = mcp_result(&r, 0)["structured"]["approval_id"].as_str().unwrap().to_string();
@@ -151,15 +142,15 @@ fn agent_action_approvals_and_denials(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_get_approval", json!({"approval_id": a1})),
-            call("gatehouse_get_approval", json!({"approval_id": a2})),
+            mcp_call("gatehouse_get_approval", json!({"approval_id": a1})),
+            mcp_call("gatehouse_get_approval", json!({"approval_id": a2})),
         ]),
     );
     assert_eq!(mcp_result(&r, 0)["structured"]["status"], "approved");
     assert_eq!(mcp_result(&r, 1)["structured"]["status"], "denied");
     assert_eq!(mcp_result(&r, 1)["structured"]["decision_reason"], "never in business hours");
     // Another agent cannot read (or approve) it.
-    let r = mcp_http(&w.gh, &other, &[], json!([call("gatehouse_get_approval", json!({"approval_id": a1}))]));
+    let r = mcp_http(&w.gh, &other, &[], json!([mcp_call("gatehouse_get_approval", json!({"approval_id": a1}))]));
     assert_eq!(mcp_result(&r, 0)["is_error"], true);
     // Deciding twice is refused; the log names who asked and who decided.
     assert!(w.gh.fails(&["approvals", "approve", &a1]).contains("already approved"));
@@ -192,10 +183,10 @@ fn elevation_widens_groups_for_its_ttl_only(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_request_ssh_session", json!({"host": "db-1", "login": login, "reason": "incident 42"})),
-            call(
+            mcp_call("gatehouse_request_ssh_session", json!({"host": "db-1", "login": login, "reason": "incident 42"})),
+            mcp_call(
                 "gatehouse_request_ssh_session",
-                json!({"host": "db-1", "login": login, "reason": "incident 42", "ttl_seconds": 6, "elevate_groups": ["prod"]})
+                json!({"host": "db-1", "login": login, "reason": "incident 42", "ttl_seconds": 25, "elevate_groups": ["prod"]})
             ),
         ]),
     );
@@ -208,8 +199,8 @@ fn elevation_widens_groups_for_its_ttl_only(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_get_approval", json!({"approval_id": approval})),
-            call("gatehouse_list_allowed_hosts", json!({}))
+            mcp_call("gatehouse_get_approval", json!({"approval_id": approval})),
+            mcp_call("gatehouse_list_allowed_hosts", json!({}))
         ]),
     );
     let sid = mcp_result(&r, 0)["structured"]["session_id"].as_str().unwrap().to_string();
@@ -224,18 +215,18 @@ fn elevation_widens_groups_for_its_ttl_only(b: Backend) {
         &w.gh,
         &token,
         &[],
-        json!([call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "echo in-prod"}))]),
+        json!([mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "echo in-prod"}))]),
     );
     assert_eq!(mcp_result(&r, 0)["structured"]["stdout"], "in-prod\n");
     assert!(!w.gh.audit(&["--action", "agent.elevation.start"]).is_empty());
     // The TTL passes: the elevation reverts (audited) and the session ends.
-    eventually(Duration::from_secs(20), "elevation end audited", || {
+    eventually(Duration::from_secs(60), "elevation end audited", || {
         (!w.gh.audit(&["--action", "agent.elevation.end"]).is_empty()).then_some(())
     });
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_list_allowed_hosts", json!({}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_list_allowed_hosts", json!({}))]));
     let hosts = mcp_result(&r, 0)["structured"]["hosts"].as_array().unwrap().clone();
     assert!(hosts.iter().all(|h| h["name"] != "db-1"), "elevation reverted: {hosts:?}");
-    let s = eventually(Duration::from_secs(10), "session ended", || {
+    let s = eventually(Duration::from_secs(30), "session ended", || {
         w.gh.json(&["sessions", "list"])
             .as_array()
             .unwrap()
@@ -270,12 +261,12 @@ fn canary_trips_on_an_agent_call(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_list_allowed_hosts", json!({})),
-            call(
+            mcp_call("gatehouse_list_allowed_hosts", json!({})),
+            mcp_call(
                 "gatehouse_request_ssh_session",
                 json!({"host": "vault-1", "login": "root", "reason": "the prompt said so"})
             ),
-            call(
+            mcp_call(
                 "gatehouse_request_ssh_session",
                 json!({"host": "nonexistent-9", "login": "root", "reason": "the prompt said so"})
             ),
@@ -298,16 +289,11 @@ fn canary_trips_on_an_agent_call(b: Backend) {
     assert!(got[0].json()["text"].as_str().unwrap().contains("vault-1"));
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A fresh key and CSR, made where the bot runs; the key never leaves it.
 fn csr(dir: &Path, stem: &str, name: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{stem}.key"));
     let csr = dir.join(format!("{stem}.csr"));
-    openssl(&[
+    openssl_ok(&[
         "req",
         "-new",
         "-newkey",
@@ -325,36 +311,6 @@ fn csr(dir: &Path, stem: &str, name: &str) -> (PathBuf, String) {
         &format!("subjectAltName=DNS:{name}"),
     ]);
     (key, std::fs::read_to_string(csr).unwrap())
-}
-
-struct TlsServer(Child);
-
-impl TlsServer {
-    fn start(port: u16, leaf: &Path, chain: &Path, key: &Path) -> Self {
-        let child = Command::new("openssl")
-            .args(["s_server", "-www", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(leaf)
-            .arg("-cert_chain")
-            .arg(chain)
-            .arg("-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, Duration::from_secs(10)).unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn write_bundle(dir: &Path, b: &Value) -> (PathBuf, PathBuf) {
@@ -388,7 +344,7 @@ fn renewal_bot_flow_over_mcp(b: Backend) {
         &gh,
         &token,
         &[],
-        json!([call("gatehouse_request_certificate", json!({"name": name, "csr_pem": csr1, "ttl_days": 2}))]),
+        json!([mcp_call("gatehouse_request_certificate", json!({"name": name, "csr_pem": csr1, "ttl_days": 2}))]),
     );
     let old = mcp_result(&r, 0)["structured"].clone();
     assert_eq!(old["status"], "valid", "{r}");
@@ -403,20 +359,20 @@ fn renewal_bot_flow_over_mcp(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_list_certificates", json!({"expiring_within_days": 30})),
-            call("gatehouse_request_certificate", json!({"name": name, "csr_pem": csr2, "ttl_days": 30})),
-            call("gatehouse_get_certificate", json!({"name": name})),
-            call(
+            mcp_call("gatehouse_list_certificates", json!({"expiring_within_days": 30})),
+            mcp_call("gatehouse_request_certificate", json!({"name": name, "csr_pem": csr2, "ttl_days": 30})),
+            mcp_call("gatehouse_get_certificate", json!({"name": name})),
+            mcp_call(
                 "gatehouse_create_probe",
                 json!({"target": format!("edge-1:{port}"), "kind": "tls", "expect_certificate_name": name})
             ),
-            call("gatehouse_request_certificate", json!({"name": "www.prod.example.com", "csr_pem": csr3})),
-            call(
+            mcp_call("gatehouse_request_certificate", json!({"name": "www.prod.example.com", "csr_pem": csr3})),
+            mcp_call(
                 "gatehouse_request_certificate",
                 json!({"name": name, "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n"})
             ),
-            call("gatehouse_create_probe", json!({"target": "169.254.169.254:80", "kind": "https"})),
-            call("gatehouse_create_probe", json!({"target": format!("127.0.0.2:{port}"), "kind": "tls"})),
+            mcp_call("gatehouse_create_probe", json!({"target": "169.254.169.254:80", "kind": "https"})),
+            mcp_call("gatehouse_create_probe", json!({"target": format!("127.0.0.2:{port}"), "kind": "tls"})),
         ]),
     );
     let expiring = mcp_result(&r, 0)["structured"]["certificates"].as_array().unwrap().clone();
@@ -439,7 +395,7 @@ fn renewal_bot_flow_over_mcp(b: Backend) {
     }
     // openssl agrees the new bundle chains to the root.
     let (leaf2, chain2) = write_bundle(&d.join("new"), &new);
-    openssl(&[
+    openssl_ok(&[
         "verify",
         "-CAfile",
         d.join("new/root.pem").to_str().unwrap(),
@@ -454,7 +410,7 @@ fn renewal_bot_flow_over_mcp(b: Backend) {
         &gh,
         &token,
         &[],
-        json!([call(
+        json!([mcp_call(
             "gatehouse_create_probe",
             json!({"target": format!("edge-1:{port}"), "kind": "tls", "expect_certificate_name": name})
         )]),
@@ -463,7 +419,7 @@ fn renewal_bot_flow_over_mcp(b: Backend) {
     assert_eq!(probe["observed"]["certificate"]["fingerprint_sha256"], new["fingerprint_sha256"], "{probe}");
     assert_eq!(probe["observed"]["matches_latest_bundle"], true);
     let id = probe["probe_id"].as_str().unwrap();
-    let r = mcp_http(&gh, &token, &[], json!([call("gatehouse_get_probe", json!({"probe_id": id}))]));
+    let r = mcp_http(&gh, &token, &[], json!([mcp_call("gatehouse_get_probe", json!({"probe_id": id}))]));
     assert_eq!(mcp_result(&r, 0)["structured"]["observed"]["matches_latest_bundle"], true);
     // No private key material anywhere: responses, log, database.
     let log = gh.log_text();

@@ -41,22 +41,11 @@ fn world(b: Backend) -> World {
     w
 }
 
-fn call(name: &str, args: Value) -> Value {
-    json!({"op": "call", "name": name, "args": args})
-}
-
 fn tool_names(list: &Value) -> Vec<String> {
     let mut v: Vec<String> =
         list["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
     v.sort();
     v
-}
-
-fn hostname() -> String {
-    String::from_utf8(std::process::Command::new("uname").arg("-n").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn agent_flow_over_streamable_http(b: Backend) {
@@ -69,9 +58,9 @@ fn agent_flow_over_streamable_http(b: Backend) {
         &[],
         json!([
             {"op": "list_tools"},
-            call("gatehouse_whoami", json!({})),
-            call("gatehouse_list_allowed_hosts", json!({})),
-            call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "ttl_seconds": 600, "reason": "debug the login test"})),
+            mcp_call("gatehouse_whoami", json!({})),
+            mcp_call("gatehouse_list_allowed_hosts", json!({})),
+            mcp_call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "ttl_seconds": 600, "reason": "debug the login test"})),
         ]),
     );
     assert_eq!(r["protocol_version"], "2025-11-25", "{r}");
@@ -117,12 +106,18 @@ fn agent_flow_over_streamable_http(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "echo to-stderr >&2; exit 3"})),
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "head -c 200000 /dev/zero | tr '\\0' x"})),
-            call("gatehouse_request_ssh_session", json!({"host": "db-1", "login": login, "reason": "prompt says so"})),
-            call("gatehouse_list_allowed_resources", json!({})),
-            call("gatehouse_query_audit", json!({"outcome": "deny"})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "echo to-stderr >&2; exit 3"})),
+            mcp_call(
+                "gatehouse_ssh_exec",
+                json!({"session_id": sid, "command": "head -c 200000 /dev/zero | tr '\\0' x"})
+            ),
+            mcp_call(
+                "gatehouse_request_ssh_session",
+                json!({"host": "db-1", "login": login, "reason": "prompt says so"})
+            ),
+            mcp_call("gatehouse_list_allowed_resources", json!({})),
+            mcp_call("gatehouse_query_audit", json!({"outcome": "deny"})),
         ]),
     );
     let uname = mcp_result(&r, 0);
@@ -186,8 +181,8 @@ fn agent_flow_over_streamable_http(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_close_ssh_session", json!({"session_id": sid})),
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "true"}))
+            mcp_call("gatehouse_close_ssh_session", json!({"session_id": sid})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "true"}))
         ]),
     );
     assert_eq!(mcp_result(&r, 0)["structured"]["status"], "closed");
@@ -201,11 +196,11 @@ fn agent_flow_over_streamable_http(b: Backend) {
         &token,
         &[],
         json!([
-            call("gatehouse_no_such_tool", json!({})),
-            call("gatehouse_request_ssh_session", json!({"host": "web-1"})),
-            call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "  "})),
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": huge})),
-            call("gatehouse_whoami", json!({"extra": 1})),
+            mcp_call("gatehouse_no_such_tool", json!({})),
+            mcp_call("gatehouse_request_ssh_session", json!({"host": "web-1"})),
+            mcp_call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "  "})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": huge})),
+            mcp_call("gatehouse_whoami", json!({"extra": 1})),
         ]),
     );
     for i in 0..5 {
@@ -214,14 +209,14 @@ fn agent_flow_over_streamable_http(b: Backend) {
     }
     assert!(mcp_result(&r, 3)["rpc_error"]["message"].as_str().unwrap().contains("too large"));
     // A client that first tries a newer protocol revision falls back cleanly.
-    let r = mcp_http(&w.gh, &token, &["--mode", "auto"], json!([call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(&w.gh, &token, &["--mode", "auto"], json!([mcp_call("gatehouse_whoami", json!({}))]));
     assert_eq!(mcp_result(&r, 0)["structured"]["agent"], "cursor-ops", "{r}");
 }
 
 fn refused_credentials_get_401(b: Backend) {
     let w = world(b);
     let ok = agent_with_token(&w.gh, "ops", "host:read", "staging", &[]);
-    let whoami = json!([call("gatehouse_whoami", json!({}))]);
+    let whoami = json!([mcp_call("gatehouse_whoami", json!({}))]);
     let works = |t: &str| mcp_http(&w.gh, t, &[], whoami.clone());
     assert_eq!(mcp_result(&works(&ok), 0)["structured"]["agent"], "ops");
     let refused = |t: &str, why: &str| {
@@ -359,7 +354,10 @@ fn agent_suspended_mid_session_loses_it_within_a_second(b: Backend) {
         &w.gh,
         &token,
         &[],
-        json!([call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "long job"}))]),
+        json!([mcp_call(
+            "gatehouse_request_ssh_session",
+            json!({"host": "web-1", "login": login, "reason": "long job"})
+        )]),
     );
     let sid = mcp_result(&r, 0)["structured"]["session_id"].as_str().unwrap().to_string();
     let gh_url = w.gh.url();
@@ -380,7 +378,7 @@ fn agent_suspended_mid_session_loses_it_within_a_second(b: Backend) {
             .take()
             .unwrap()
             .write_all(
-                json!([call(
+                json!([mcp_call(
                     "gatehouse_ssh_exec",
                     json!({"session_id": sid2, "command": "echo started; sleep 30", "timeout_seconds": 60})
                 )])
@@ -412,7 +410,7 @@ fn agent_suspended_mid_session_loses_it_within_a_second(b: Backend) {
     assert_eq!(s["end_reason"], "agent suspended");
     assert!(mcp_result(&out, 0)["structured"]["exit_status"].is_null(), "the command did not finish: {out}");
     // and its token is refused from now on
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_whoami", json!({}))]));
     assert!(mcp_refused_401(&r), "{r}");
 }
 
@@ -438,7 +436,7 @@ fn every_tool_is_refused_without_its_scope(b: Backend) {
         ("gatehouse_create_probe", json!({"target": "web-1", "kind": "tcp"}), "probe:create"),
     ];
     let mut ops = vec![json!({"op": "list_tools"})];
-    ops.extend(calls.iter().map(|(n, a, _)| call(n, a.clone())));
+    ops.extend(calls.iter().map(|(n, a, _)| mcp_call(n, a.clone())));
     let r = mcp_http(&w.gh, &token, &[], Value::Array(ops));
     let listed = tool_names(mcp_result(&r, 0));
     assert_eq!(
@@ -463,12 +461,12 @@ fn every_tool_is_refused_without_its_scope(b: Backend) {
         &token,
         &[],
         json!([
-            call(
+            mcp_call(
                 "gatehouse_write_audit_event",
                 json!({"message": "checked the deploy, all good", "severity": "warning"})
             ),
-            call("gatehouse_write_audit_event", json!({"message": long})),
-            call("gatehouse_query_audit", json!({"since": "1h", "limit": 5})),
+            mcp_call("gatehouse_write_audit_event", json!({"message": long})),
+            mcp_call("gatehouse_query_audit", json!({"since": "1h", "limit": 5})),
         ]),
     );
     assert_eq!(mcp_result(&r, 0)["is_error"], false);
@@ -600,7 +598,7 @@ fn stdio_bridge_signs_every_call(b: Backend) {
     let env = [("GATEHOUSE_AGENT_DIR", agent_dir_s.as_str()), ("PATH", "/usr/bin:/bin")];
     let r = mcp_stdio(
         &env,
-        json!([{"op": "list_tools"}, call("gatehouse_whoami", json!({})), call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "bridge test"}))]),
+        json!([{"op": "list_tools"}, mcp_call("gatehouse_whoami", json!({})), mcp_call("gatehouse_request_ssh_session", json!({"host": "web-1", "login": login, "reason": "bridge test"}))]),
     );
     assert!(r.get("connect_error").is_none(), "{r}");
     assert!(tool_names(mcp_result(&r, 0)).contains(&"gatehouse_ssh_exec".to_string()));
@@ -611,8 +609,8 @@ fn stdio_bridge_signs_every_call(b: Backend) {
     let r = mcp_stdio(
         &env,
         json!([
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
-            call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "exit 3"}))
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "uname -n"})),
+            mcp_call("gatehouse_ssh_exec", json!({"session_id": sid, "command": "exit 3"}))
         ]),
     );
     assert_eq!(mcp_result(&r, 0)["structured"]["stdout"], format!("{}\n", hostname()));
@@ -702,20 +700,20 @@ fn agent_lifecycle_and_token_listing(b: Backend) {
     let table = w.gh.ok(&["token", "list"]);
     assert!(table.contains("127.0.0.0/8") && table.contains("cursor-ops"));
     // use updates last use
-    let _ = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_whoami", json!({}))]));
+    let _ = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_whoami", json!({}))]));
     let listed = w.gh.json(&["token", "list"]);
     assert!(listed[0]["last_used_at"].is_i64());
     assert_eq!(listed[0]["last_used_addr"], "127.0.0.1");
     // rename keeps identity and tokens
     w.gh.ok(&["agent", "rename", "cursor-ops", "cursor-staging"]);
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_whoami", json!({}))]));
     assert_eq!(mcp_result(&r, 0)["structured"]["agent"], "cursor-staging");
     let show = w.gh.json(&["agent", "show", "cursor-staging"]);
     assert_eq!(show["agent"]["risk"], "high");
     assert_eq!(show["tokens"].as_array().unwrap().len(), 1);
     // revoke is permanent and kills its tokens
     w.gh.ok(&["agent", "revoke", "cursor-staging"]);
-    let r = mcp_http(&w.gh, &token, &[], json!([call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(&w.gh, &token, &[], json!([mcp_call("gatehouse_whoami", json!({}))]));
     assert!(mcp_refused_401(&r), "{r}");
     let err = w.gh.fails(&["agent", "resume", "cursor-staging"]);
     assert!(err.contains("revoked"), "{err}");

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use gatehouse_integration::*;
@@ -23,18 +23,6 @@ both_backends!(
 );
 
 // ---------------------------------------------------------------- helpers
-
-fn openssl(args: &[&str]) -> Ran {
-    let mut c = Command::new("openssl");
-    c.args(args);
-    run(c)
-}
-
-fn openssl_ok(args: &[&str]) -> String {
-    let r = openssl(args);
-    assert_eq!(r.code, Some(0), "openssl {args:?} failed: {}{}", r.stdout, r.stderr);
-    r.stdout
-}
 
 /// A P-256 key and a CSR for `sans` made by OpenSSL. The CSR also asks
 /// for things the broker must never grant (CA, certificate signing, code
@@ -186,37 +174,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// `openssl s_server` serving a bundle; killed on drop.
-struct TlsServer(Child);
-
-impl TlsServer {
-    fn start(port: u16, dir: &Path, key: &Path) -> Self {
-        let child = Command::new("openssl")
-            .args(["s_server", "-www", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(dir.join("leaf.pem"))
-            .arg("-cert_chain")
-            .arg(dir.join("chain.pem"))
-            .arg("-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, Duration::from_secs(10)).unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The `gatehouse` CLI as it runs on a target: no admin token anywhere.
@@ -683,7 +640,7 @@ fn tls_probe_confirms_the_served_bundle(b: Backend) {
     ]));
     let fp1 = fp_from_openssl(&d.join("b1/leaf.pem"));
     let port = free_port();
-    let server = TlsServer::start(port, &d.join("b1"), &key1);
+    let server = TlsServer::start(port, &d.join("b1/leaf.pem"), &d.join("b1/chain.pem"), &key1);
     let target = format!("edge-1:{port}");
 
     let p = gh.json(&["probe", "create", &target, "--kind", "tls", "--expect-certificate-name", name]);
@@ -723,7 +680,7 @@ fn tls_probe_confirms_the_served_bundle(b: Backend) {
     assert_eq!(o["latest_bundle_fingerprint"], fp2.as_str());
     // The server switches to the new bundle: the probe confirms it.
     drop(server);
-    let _server = TlsServer::start(port, &d.join("b2"), &key2);
+    let _server = TlsServer::start(port, &d.join("b2/leaf.pem"), &d.join("b2/chain.pem"), &key2);
     let p = gh.json(&["probe", "run", &id]);
     let o = &p["last_result"]["observed"];
     assert_eq!(o["certificate"]["fingerprint_sha256"], fp2.as_str());
