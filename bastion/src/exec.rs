@@ -117,8 +117,8 @@ impl ExecSessions {
         let host = &s.opened.host;
         let trust = HostTrust::for_host(host, Some(broker.keys().host_ca.public_key().clone()))?;
         let key = gatehouse_ca::generate_ed25519();
-        let cert = broker.sign_session_certificate(&s.opened, key.public_key(), CertPurpose::ExecOnly)?;
-        match upstream::connect(&host.address, trust, &s.opened.login, key, cert).await {
+        let certs = broker.sign_session_certificates(&s.opened, key.public_key(), CertPurpose::ExecOnly)?;
+        match upstream::connect(&host.address, trust, &s.opened.login, key, certs).await {
             Ok(up) => {
                 let up = Arc::new(up);
                 *slot = Some(up.clone());

@@ -56,6 +56,8 @@ pub struct Recorder {
     output: Direction,
     truncated: bool,
     line: Vec<u8>,
+    /// Bytes of whole lines in the file.
+    written: u64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -98,6 +100,7 @@ impl Recorder {
             output: Direction::default(),
             truncated: false,
             line: Vec::with_capacity(256),
+            written: 0,
         };
         let mut line = serde_json::to_vec(&h).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -105,8 +108,16 @@ impl Recorder {
         Ok(rec)
     }
 
+    /// Append one whole line. If the disk refuses part of it, the file is
+    /// cut back to the last whole line, so the recording stays parseable line
+    /// by line up to the failure.
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(line)?;
+        if let Err(e) = self.file.write_all(line) {
+            let _ = self.file.set_len(self.written);
+            let _ = std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.written));
+            return Err(e);
+        }
+        self.written += line.len() as u64;
         self.file_hash.update(line);
         Ok(())
     }

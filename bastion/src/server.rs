@@ -10,7 +10,7 @@ use gatehouse_broker::access::{RequestOffer, SshGate};
 use gatehouse_broker::grants::SshAccess;
 use gatehouse_broker::sessions::{NewSession, OpenedSession, SessionEnd, Subject};
 use gatehouse_broker::users::User;
-use gatehouse_broker::{Actor, AuditRecord, Broker, Outcome, Severity};
+use gatehouse_broker::{Actor, AuditRecord, Broker, BrokerError, Outcome, Severity};
 use gatehouse_ca::CertPurpose;
 use russh::keys::PrivateKey;
 use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -238,11 +238,11 @@ impl Conn {
         let host_ca = Some(self.broker.keys().host_ca.public_key().clone());
         let trust = HostTrust::for_host(&access.host, host_ca).map_err(|e| e.to_string())?;
         let key = gatehouse_ca::generate_ed25519();
-        let cert = self
+        let certs = self
             .broker
-            .sign_session_certificate(&sess, key.public_key(), CertPurpose::Interactive)
+            .sign_session_certificates(&sess, key.public_key(), CertPurpose::Interactive)
             .map_err(|e| e.to_string())?;
-        match upstream::connect(&access.host.address, trust, &access.login, key, cert).await {
+        match upstream::connect(&access.host.address, trust, &access.login, key, certs).await {
             Ok(u) => Ok(Arc::new(u)),
             Err(e) => {
                 let (action, severity, reason) = match &e {
@@ -468,7 +468,10 @@ pub(crate) async fn start_session(conn: &Arc<Conn>, user: &User, access: SshAcce
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "could not open the session");
-            return Err("access denied: gatehouse could not record the session start".into());
+            return Err(match e {
+                BrokerError::Denied(why) => format!("access denied: {why}"),
+                _ => "access denied: gatehouse could not record the session start".into(),
+            });
         }
     };
     conn.with_state(|s| {
@@ -495,6 +498,22 @@ pub(crate) async fn start_session(conn: &Arc<Conn>, user: &User, access: SshAcce
 
 impl server::Handler for SshHandler {
     type Error = russh::Error;
+
+    /// Said before authentication, only when nothing could be authorized:
+    /// the user learns why instead of a bare "Permission denied".
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(match self.conn.broker.storage_check().await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "database unreachable; refusing new sessions");
+                Some(
+                    "gatehouse: the broker's database is unreachable, so no session can be authorized or \
+                     audited right now; try again shortly\r\n"
+                        .into(),
+                )
+            }
+        })
+    }
 
     fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
         self.conn.flow.window()

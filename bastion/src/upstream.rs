@@ -134,13 +134,14 @@ fn client_config() -> Arc<client::Config> {
 }
 
 /// Connect to `address`, verify the host, and authenticate as `login` with
-/// `key` and its certificate.
+/// `key` and one of its certificates, tried in order (during a user CA
+/// rotation the target may trust only the new CA or only the previous one).
 pub async fn connect(
     address: &str,
     trust: HostTrust,
     login: &str,
     key: PrivateKey,
-    cert: Certificate,
+    certs: Vec<Certificate>,
 ) -> Result<Upstream, BastionError> {
     let seen = Arc::new(Mutex::new(SeenHostKey::default()));
     let handler = UpstreamHandler { trust, seen: seen.clone() };
@@ -158,16 +159,25 @@ pub async fn connect(
         }
         Ok(Ok(h)) => h,
     };
-    let auth = handle
-        .authenticate_openssh_cert(login, Arc::new(key), cert)
-        .await
-        .map_err(|e| BastionError::Upstream(format!("authentication to {address} failed: {e}")))?;
-    if !auth.success() {
-        return Err(BastionError::Upstream(format!(
-            "{address} refused the session certificate for login {login} (is TrustedUserCAKeys set to gatehouse's user CA?)"
-        )));
+    let key = Arc::new(key);
+    for (i, cert) in certs.into_iter().enumerate() {
+        let auth = handle
+            .authenticate_openssh_cert(login, key.clone(), cert)
+            .await
+            .map_err(|e| BastionError::Upstream(format!("authentication to {address} failed: {e}")))?;
+        if auth.success() {
+            if i > 0 {
+                tracing::warn!(
+                    target = address,
+                    "target accepted only the previous user CA; put the new line from `gatehouse ca show` in its TrustedUserCAKeys before the grace period ends"
+                );
+            }
+            return Ok(Upstream { handle, host_key: seen_now() });
+        }
     }
-    Ok(Upstream { handle, host_key: seen_now() })
+    Err(BastionError::Upstream(format!(
+        "{address} refused the session certificate for login {login} (is TrustedUserCAKeys set to gatehouse's user CA?)"
+    )))
 }
 
 /// Fetch a target's host key without authenticating (for `host add --scan`).

@@ -141,6 +141,11 @@ impl MasterKey {
 }
 
 const USER_CA_FILE: &str = "ssh_user_ca.sealed";
+/// The user CA replaced by the last `ca rotate`, sealed together with the
+/// end of its grace period (so the period cannot be extended by editing a
+/// file without the master key).
+const PREVIOUS_USER_CA_FILE: &str = "ssh_user_ca.previous.sealed";
+const PREVIOUS_USER_CA_LABEL: &str = "previous ssh user CA";
 const HOST_CA_FILE: &str = "ssh_host_ca.sealed";
 const BASTION_KEY_FILE: &str = "bastion_host_ed25519.sealed";
 /// Public half of the bastion host key, for operators and test harnesses.
@@ -150,9 +155,41 @@ pub fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
 }
 
+/// The user CAs: the one that signs, and the one a rotation replaced while
+/// its grace period lasts (targets may still trust only that one).
+#[derive(Clone)]
+pub struct UserCas {
+    pub current: SshCa,
+    /// The replaced CA and the end of its grace period (Unix ms).
+    pub previous: Option<(SshCa, i64)>,
+}
+
+impl UserCas {
+    /// The CAs a session certificate may be signed by at `now_ms`, the one
+    /// that signs first.
+    pub fn trusted(&self, now_ms: i64) -> Vec<&SshCa> {
+        let mut v = vec![&self.current];
+        if let Some((ca, until)) = &self.previous
+            && now_ms < *until
+        {
+            v.push(ca);
+        }
+        v
+    }
+}
+
+/// What `ca rotate` did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub new_fingerprint: String,
+    pub previous_fingerprint: String,
+    /// End of the previous CA's grace period (Unix ms).
+    pub previous_until: i64,
+}
+
 /// The broker's private keys, in memory only.
 pub struct KeyStore {
-    pub user_ca: SshCa,
+    user_cas: std::sync::RwLock<UserCas>,
     pub host_ca: SshCa,
     pub bastion_key: PrivateKey,
     /// True when this start created the keys.
@@ -161,8 +198,10 @@ pub struct KeyStore {
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cas = self.user_cas();
         f.debug_struct("KeyStore")
-            .field("user_ca", &self.user_ca)
+            .field("user_ca", &cas.current)
+            .field("previous_user_ca", &cas.previous.as_ref().map(|(ca, until)| (ca, until)))
             .field("host_ca", &self.host_ca)
             .field("bastion_key", &"<redacted>")
             .finish()
@@ -176,13 +215,98 @@ impl KeyStore {
         create_private_dir(&dir)?;
         let mut created = false;
         let user_ca = load_or_create_ca(&dir.join(USER_CA_FILE), "ssh user CA", master, &mut created)?;
+        let previous = load_previous_user_ca(&dir, master)?;
         let host_ca = load_or_create_ca(&dir.join(HOST_CA_FILE), "ssh host CA", master, &mut created)?;
         let bastion = load_or_create_ca(&dir.join(BASTION_KEY_FILE), "bastion host key", master, &mut created)?;
         let bastion_key = bastion.private_key().clone();
         let pub_line = gatehouse_ca::public_key_line(bastion_key.public_key(), "gatehouse-bastion");
         fs::write(dir.join(BASTION_PUB_FILE), format!("{pub_line}\n"))?;
-        Ok(Self { user_ca, host_ca, bastion_key, created })
+        Ok(Self {
+            user_cas: std::sync::RwLock::new(UserCas { current: user_ca, previous }),
+            host_ca,
+            bastion_key,
+            created,
+        })
     }
+
+    /// A snapshot of the user CAs.
+    pub fn user_cas(&self) -> UserCas {
+        match self.user_cas.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The user CA that signs now.
+    pub fn user_ca(&self) -> SshCa {
+        self.user_cas().current
+    }
+
+    /// Make a new user CA that signs from now on; the current one stays
+    /// trusted (offered to targets after the new one) until `now + grace`.
+    /// A CA still in an earlier grace period is dropped. The new key is
+    /// written before the old one is replaced, so a crash in between leaves
+    /// the old CA signing.
+    pub fn rotate_user_ca(
+        &self,
+        data_dir: &Path,
+        master: &MasterKey,
+        grace: std::time::Duration,
+        now_ms: i64,
+    ) -> Result<Rotation> {
+        let dir = keys_dir(data_dir);
+        let mut cas = self.user_cas.write().map_err(|_| BrokerError::Internal("user CA lock poisoned".into()))?;
+        let until = now_ms.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
+        let new = SshCa::generate();
+        let new_pem = new.to_openssh()?;
+        let old_pem = cas.current.to_openssh()?;
+        let mut prev_plain = Zeroizing::new(format!("until={until}\n").into_bytes());
+        prev_plain.extend_from_slice(old_pem.as_bytes());
+        replace_private(
+            &dir.join(PREVIOUS_USER_CA_FILE),
+            master.seal(PREVIOUS_USER_CA_LABEL, &prev_plain)?.as_bytes(),
+        )?;
+        replace_private(&dir.join(USER_CA_FILE), master.seal("ssh user CA", new_pem.as_bytes())?.as_bytes())?;
+        let rotation = Rotation {
+            new_fingerprint: new.fingerprint(),
+            previous_fingerprint: cas.current.fingerprint(),
+            previous_until: until,
+        };
+        let old = std::mem::replace(&mut cas.current, new);
+        cas.previous = Some((old, until));
+        Ok(rotation)
+    }
+}
+
+/// Load the CA a rotation replaced, if its grace period is not over; an
+/// expired one is deleted.
+fn load_previous_user_ca(dir: &Path, master: &MasterKey) -> Result<Option<(SshCa, i64)>> {
+    let path = dir.join(PREVIOUS_USER_CA_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let plain = master.open(PREVIOUS_USER_CA_LABEL, &fs::read_to_string(&path)?)?;
+    let bad = || BrokerError::Invalid(format!("{} is damaged", path.display()));
+    let nl = plain.iter().position(|b| *b == b'\n').ok_or_else(bad)?;
+    let head = std::str::from_utf8(&plain[..nl]).map_err(|_| bad())?;
+    let until: i64 = head.strip_prefix("until=").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    if until <= now {
+        fs::remove_file(&path)?;
+        return Ok(None);
+    }
+    Ok(Some((SshCa::from_openssh(&plain[nl + 1..])?, until)))
+}
+
+/// Replace a private file atomically: write a sibling, then rename over.
+fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, bytes)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 fn load_or_create_ca(path: &Path, label: &str, master: &MasterKey, created: &mut bool) -> Result<SshCa> {
@@ -245,7 +369,29 @@ mod tests {
         assert!(!generated2);
         let ks2 = KeyStore::load_or_create(dir.path(), &mk2).unwrap();
         assert!(!ks2.created);
-        assert_eq!(ks.user_ca.fingerprint(), ks2.user_ca.fingerprint());
+        assert_eq!(ks.user_ca().fingerprint(), ks2.user_ca().fingerprint());
+
+        // rotation: the new CA signs, the old one stays trusted for the grace
+        // period, across a restart, and is gone once it is over
+        let old = ks2.user_ca().fingerprint();
+        let now = 1_000_000;
+        let r = ks2.rotate_user_ca(dir.path(), &mk2, std::time::Duration::from_secs(3600), now).unwrap();
+        assert_eq!(r.previous_fingerprint, old);
+        assert_ne!(r.new_fingerprint, old);
+        let fps = |ks: &KeyStore, t| ks.user_cas().trusted(t).iter().map(|c| c.fingerprint()).collect::<Vec<_>>();
+        assert_eq!(fps(&ks2, now), vec![r.new_fingerprint.clone(), old.clone()]);
+        assert_eq!(fps(&ks2, now + 3_600_000), vec![r.new_fingerprint.clone()]);
+        let ks3 = KeyStore::load_or_create(dir.path(), &mk2).unwrap();
+        assert_eq!(ks3.user_ca().fingerprint(), r.new_fingerprint);
+        // the stored grace end (1970 + 1h) is long over: dropped at load
+        assert!(ks3.user_cas().previous.is_none());
+        assert!(!keys_dir(dir.path()).join(PREVIOUS_USER_CA_FILE).exists());
+        let real_now =
+            i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
+                .unwrap();
+        ks3.rotate_user_ca(dir.path(), &mk2, std::time::Duration::from_secs(3600), real_now).unwrap();
+        let ks4 = KeyStore::load_or_create(dir.path(), &mk2).unwrap();
+        assert_eq!(ks4.user_cas().trusted(real_now).len(), 2);
 
         let wrong = MasterKey::parse(&"11".repeat(32)).unwrap();
         let err = KeyStore::load_or_create(dir.path(), &wrong).unwrap_err();

@@ -90,6 +90,9 @@ struct Inner {
     shutdown: CancellationToken,
     pki: pki::PkiState,
     hooks: webhooks::WebhookState,
+    /// Kept (zeroized on drop, redacted in Debug) so `ca rotate` can seal a
+    /// new CA without a restart.
+    master: keys::MasterKey,
 }
 
 impl Broker {
@@ -103,7 +106,6 @@ impl Broker {
         let keys = KeyStore::load_or_create(&config.data_dir, &master)?;
         let (pki, created_x509) = pki::load_or_create(&config.data_dir, &master)?;
         let hooks = webhooks::WebhookState::new(&master);
-        drop(master);
         let db = match &config.database_url {
             Some(url) => db::Db::connect(url).await?,
             None => db::Db::open_sqlite(&config.data_dir.join("gatehouse.db")).await?,
@@ -121,6 +123,7 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 pki,
                 hooks,
+                master,
             }),
         };
         if created_keys {
@@ -145,6 +148,15 @@ impl Broker {
         broker.spawn_enforcer();
         broker.spawn_webhook_worker();
         Ok((broker, FirstStart { admin_token, generated_master_key, created_keys }))
+    }
+
+    /// Is the database answering? (A `SELECT 1`, given two seconds.)
+    pub async fn storage_check(&self) -> Result<()> {
+        match tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(self.pool())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BrokerError::Storage("the database did not answer within 2s".into())),
+        }
     }
 
     pub fn db(&self) -> &db::Db {
@@ -185,8 +197,35 @@ impl Broker {
     }
 
     /// The user CA public key line for `TrustedUserCAKeys`.
+    /// During a rotation's grace period both lines, the new CA first.
     pub fn user_ca_line(&self) -> String {
-        gatehouse_ca::public_key_line(self.inner.keys.user_ca.public_key(), "gatehouse-user-ca")
+        let cas = self.inner.keys.user_cas();
+        let mut lines = vec![gatehouse_ca::public_key_line(cas.current.public_key(), "gatehouse-user-ca")];
+        if let Some((prev, until)) = &cas.previous
+            && now_ms() < *until
+        {
+            lines.push(gatehouse_ca::public_key_line(prev.public_key(), "gatehouse-user-ca-previous"));
+        }
+        lines.join("\n")
+    }
+
+    /// `ca rotate`: a new user CA signs from now on, the replaced one stays
+    /// trusted for `grace`. Audited either way.
+    pub async fn rotate_user_ca(&self, actor: &Actor, grace: Duration) -> Result<keys::Rotation> {
+        let r = self.inner.keys.rotate_user_ca(&self.inner.data_dir, &self.inner.master, grace, now_ms());
+        let rec = match &r {
+            Ok(r) => AuditRecord::new(actor.clone(), "ca.rotated", "ssh user CA", Outcome::Allow).reason(format!(
+                "new {} signs; previous {} trusted for {}",
+                r.new_fingerprint,
+                r.previous_fingerprint,
+                policy::fmt_duration(grace)
+            )),
+            Err(e) => {
+                AuditRecord::new(actor.clone(), "ca.rotated", "ssh user CA", Outcome::Error).reason(e.to_string())
+            }
+        };
+        self.db().audit(rec).await?;
+        r
     }
 
     pub fn host_ca_line(&self) -> String {

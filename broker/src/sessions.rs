@@ -202,6 +202,24 @@ impl Broker {
     /// Insert the session row and its `session.start` event, and register it
     /// live. Its expiry (if any) ends it on time.
     pub async fn open_session(&self, s: NewSession) -> Result<OpenedSession> {
+        if let Err(e) = self.check_recordings_writable() {
+            // Strict recording: no session without its recording.
+            let why = format!("session recordings cannot be written ({e}); new sessions are refused until they can");
+            self.db()
+                .audit(
+                    AuditRecord::new(
+                        s.subject.actor(),
+                        "session.start",
+                        format!("{}@{}", s.login, s.host.name),
+                        Outcome::Deny,
+                    )
+                    .reason(why.clone())
+                    .client(&s.client_addr)
+                    .mcp_session(s.mcp_session_id.clone()),
+                )
+                .await?;
+            return Err(BrokerError::Denied(why));
+        }
         let id = ids::new("s");
         let serial: u64 = rand::rng().random();
         let now = now_ms();
@@ -285,26 +303,44 @@ impl Broker {
         Ok(OpenedSession { id, serial, subject: s.subject, host: s.host, login: s.login, live })
     }
 
-    /// Sign the short-lived upstream user certificate for an opened session.
-    pub fn sign_session_certificate(
+    /// Can a recording be written right now? Writes and removes a 4 KiB
+    /// probe file, so a full or read-only recordings disk is found before a
+    /// session starts rather than after.
+    pub fn check_recordings_writable(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.recordings_dir().join(format!(".write-check-{}", ids::new("w")));
+        let r = std::fs::File::create(&path).and_then(|mut f| f.write_all(&[0u8; 4096]));
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Sign the short-lived upstream user certificates for an opened
+    /// session: one by the current user CA and, during a rotation's grace
+    /// period, one by the previous CA, in the order the bastion offers them.
+    pub fn sign_session_certificates(
         &self,
         s: &OpenedSession,
         key: &PublicKey,
         purpose: CertPurpose,
-    ) -> Result<Certificate> {
+    ) -> Result<Vec<Certificate>> {
         let key_id = format!("gatehouse session={} {}={} host={}", s.id, s.subject.kind, s.subject.name, s.host.name);
         let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-        Ok(self.keys().user_ca.sign_user(
-            &UserCertRequest {
-                public_key: key,
-                principal: &s.login,
-                key_id: &key_id,
-                serial: s.serial,
-                ttl: gatehouse_ca::MAX_SESSION_CERT_TTL,
-                purpose,
-            },
-            now,
-        )?)
+        let cas = self.keys().user_cas();
+        let mut certs = Vec::new();
+        for ca in cas.trusted(now_ms()) {
+            certs.push(ca.sign_user(
+                &UserCertRequest {
+                    public_key: key,
+                    principal: &s.login,
+                    key_id: &key_id,
+                    serial: s.serial,
+                    ttl: gatehouse_ca::MAX_SESSION_CERT_TTL,
+                    purpose,
+                },
+                now,
+            )?);
+        }
+        Ok(certs)
     }
 
     /// Close a session: final counters, first recording and its hash, and the

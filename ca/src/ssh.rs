@@ -92,6 +92,7 @@ pub struct HostCertRequest<'a> {
 }
 
 /// An Ed25519 SSH certificate authority.
+#[derive(Clone)]
 pub struct SshCa {
     key: PrivateKey,
 }

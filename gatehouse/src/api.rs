@@ -62,6 +62,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 pub fn router(broker: Broker) -> Router {
     let admin = Router::new()
         .route("/api/v1/ca", get(ca))
+        .route("/api/v1/ca/rotate", post(rotate_ca))
         .route("/api/v1/users", get(list_users).post(add_user))
         .route("/api/v1/users/{name}/keys", post(add_user_key))
         .route("/api/v1/users/{name}/role", post(set_role))
@@ -125,6 +126,27 @@ async fn ca(State(b): State<Broker>) -> ApiResult {
         "user_ca": b.user_ca_line(),
         "host_ca": b.host_ca_line(),
         "bastion_host_key": b.bastion_host_key_line(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct RotateReq {
+    #[serde(default = "default_grace")]
+    grace: String,
+}
+
+fn default_grace() -> String {
+    "24h".into()
+}
+
+async fn rotate_ca(State(b): State<Broker>, Json(req): Json<RotateReq>) -> ApiResult {
+    let grace = parse_duration(&req.grace)?;
+    let r = b.rotate_user_ca(&Actor::admin(), grace).await?;
+    Ok(Json(json!({
+        "user_ca": b.user_ca_line(),
+        "new_fingerprint": r.new_fingerprint,
+        "previous_fingerprint": r.previous_fingerprint,
+        "previous_trusted_until": gatehouse_broker::access::fmt_time(r.previous_until),
     })))
 }
 

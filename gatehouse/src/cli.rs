@@ -23,6 +23,15 @@ pub enum CaCmd {
         #[arg(long, conflicts_with = "known_hosts")]
         host_ca: bool,
     },
+    /// Make a new user CA that signs from now on; the current one stays
+    /// trusted for the grace period, and `ca show` prints both lines until
+    /// it ends. The bastion offers targets the new certificate first and the
+    /// old one second, so targets can be moved over one by one.
+    Rotate {
+        /// How long the replaced CA stays trusted (e.g. 24h, 7d; 0s ends it at once).
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,7 +205,21 @@ pub enum AuditCmd {
 
 pub async fn ca(g: &Global, cmd: CaCmd) -> anyhow::Result<()> {
     let api = Api::new(g)?;
-    let CaCmd::Show { known_hosts, host_ca } = cmd;
+    let (known_hosts, host_ca) = match cmd {
+        CaCmd::Show { known_hosts, host_ca } => (known_hosts, host_ca),
+        CaCmd::Rotate { grace } => {
+            let v = api.post("/api/v1/ca/rotate", &serde_json::json!({ "grace": grace })).await?;
+            println!("New user CA {} signs from now on.", s(&v, "new_fingerprint"));
+            println!(
+                "The previous one ({}) stays trusted until {}.",
+                s(&v, "previous_fingerprint"),
+                s(&v, "previous_trusted_until")
+            );
+            println!("Put these lines in every target's TrustedUserCAKeys:");
+            println!("{}", s(&v, "user_ca"));
+            return Ok(());
+        }
+    };
     let v = api.get("/api/v1/ca").await?;
     match (known_hosts, host_ca) {
         (Some(pattern), _) => {

@@ -95,16 +95,74 @@ fn psql(sql: &str) -> Result<()> {
 /// A fresh PostgreSQL database, dropped at the end.
 pub struct PgDb {
     pub name: String,
+    /// Where the broker reaches PostgreSQL: 5432, or a [`TcpProxy`]'s port.
+    pub port: u16,
 }
 
 impl PgDb {
     pub fn create() -> Result<Self> {
         let name = format!("gh_test_{}_{:x}", std::process::id(), rand_u64());
         psql(&format!("CREATE DATABASE {name}"))?;
-        Ok(Self { name })
+        Ok(Self { name, port: 5432 })
     }
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, self.name)
+    }
+}
+
+/// A loopback TCP relay that can be cut (every connection reset, new ones
+/// closed at once) and restored: a database or target that goes away.
+pub struct TcpProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpProxy {
+    pub fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, conns2, target) = (up.clone(), conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else { continue };
+                let mut held = conns2.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, up, conns }
+    }
+
+    /// The peer goes away: live connections are reset, new ones closed.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The peer is back.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -143,12 +201,23 @@ impl Gatehouse {
     }
 
     pub fn start_with(backend: Backend, extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("gatehouse-test-").tempdir()?;
-        let data_dir = dir.path().join("data");
         let pg = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgDb::create()?),
         };
+        Self::start_on(backend, pg, extra)
+    }
+
+    /// PostgreSQL reached through `proxy` (so the test can take it away).
+    pub fn start_postgres_via(proxy: &TcpProxy, extra: &[&str]) -> Result<Self> {
+        let mut pg = PgDb::create()?;
+        pg.port = proxy.port;
+        Self::start_on(Backend::Postgres, Some(pg), extra)
+    }
+
+    fn start_on(backend: Backend, pg: Option<PgDb>, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("gatehouse-test-").tempdir()?;
+        let data_dir = dir.path().join("data");
         let mut gh = Self {
             child: None,
             data_dir,
@@ -426,6 +495,11 @@ impl Sshd {
         bail!("sshd did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
     }
 
+    /// The listening sshd; its children are the per-connection processes.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -529,6 +603,7 @@ pub fn ssh(gh: &Gatehouse, key: &UserKey, target: &str, args: &[&str]) -> Comman
 }
 
 /// Stdout, stderr and exit code of a finished command.
+#[derive(Debug)]
 pub struct Ran {
     pub code: Option<i32>,
     pub stdout: String,
@@ -671,6 +746,7 @@ pub fn mcp_result(v: &Value, n: usize) -> &Value {
 }
 
 /// A plain HTTP exchange: status, lower-cased headers, body text.
+#[derive(Debug)]
 pub struct HttpReply {
     pub status: u16,
     pub headers: std::collections::HashMap<String, String>,

@@ -7,7 +7,11 @@ use std::time::Duration;
 use gatehouse_integration::*;
 use serde_json::Value;
 
-both_backends!(audit_chain_detects_tampering, crash_closes_sessions_and_keeps_every_event);
+both_backends!(
+    audit_chain_detects_tampering,
+    crash_closes_sessions_and_keeps_every_event,
+    user_ca_rotation_keeps_old_targets_working_through_the_grace_period
+);
 
 fn verify(gh: &Gatehouse) -> Result<String, String> {
     let out = gh.cli(&["audit", "verify"]);
@@ -129,4 +133,70 @@ fn crash_closes_sessions_and_keeps_every_event(b: Backend) {
     drop(stdin);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The key part of a public key line (type and base64), without its comment.
+fn key_of(line: &str) -> String {
+    line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn user_ca_rotation_keeps_old_targets_working_through_the_grace_period(b: Backend) {
+    let mut w = World::new(b);
+    let login = local_login();
+    w.grant("alice", "web-1", &login, "30m");
+    let first = w.gh.user_ca();
+    assert_eq!(first.lines().count(), 1);
+
+    let out = w.gh.ok(&["ca", "rotate", "--grace", "1h"]);
+    assert!(out.contains("stays trusted until"), "{out}");
+    let lines: Vec<String> = w.gh.user_ca().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "both CAs are shown during the overlap: {lines:?}");
+    assert_ne!(key_of(&lines[0]), key_of(&first), "the new CA comes first");
+    assert_eq!(key_of(&lines[1]), key_of(&first), "the old CA is still listed");
+    let rotated = w.gh.audit(&["--action", "ca.rotated"]);
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    assert_eq!(rotated[0]["outcome"], "allow");
+
+    // web-1 still trusts only the old CA: sessions keep working.
+    let r = run(w.ssh(&format!("{login}@web-1"), &["echo old-target"]));
+    assert_eq!((r.code, r.stdout.trim()), (Some(0), "old-target"), "{}", r.stderr);
+    // A target moved to the new CA alone works too.
+    let sshd2 = Sshd::start(&lines[0]);
+    w.gh.ok(&[
+        "host",
+        "add",
+        "web-2",
+        "--address",
+        &sshd2.address(),
+        "--group",
+        "staging",
+        "--host-key",
+        sshd2.host_key_pub.to_str().unwrap(),
+    ]);
+    w.grant("alice", "web-2", &login, "30m");
+    let r = run(w.ssh(&format!("{login}@web-2"), &["echo new-target"]));
+    assert_eq!((r.code, r.stdout.trim()), (Some(0), "new-target"), "{}", r.stderr);
+
+    // The overlap survives a restart (the old CA is sealed with its grace end).
+    w.gh.stop();
+    w.gh.restart().unwrap();
+    assert_eq!(
+        w.gh.user_ca().lines().map(key_of).collect::<Vec<_>>(),
+        lines.iter().map(|l| key_of(l)).collect::<Vec<_>>()
+    );
+
+    // Rotating again with no grace: only the newest CA is trusted, and a
+    // target that still trusts only the first one is refused.
+    w.gh.ok(&["ca", "rotate", "--grace", "0s"]);
+    let now: Vec<String> = w.gh.user_ca().lines().map(str::to_string).collect();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(!lines.iter().any(|l| key_of(l) == key_of(&now[0])));
+    let r = run(w.ssh(&format!("{login}@web-1"), &["echo should-not-run"]));
+    assert_ne!(r.code, Some(0));
+    assert!(!r.stdout.contains("should-not-run"));
+    // The sealed key files never hold a private key in clear.
+    for entry in std::fs::read_dir(w.gh.data_dir.join("keys")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        assert!(!text.contains("PRIVATE KEY"));
+    }
 }

@@ -147,7 +147,7 @@ fn unavailable(e: gatehouse_broker::BrokerError) -> Response {
     tracing::error!(error = %e, "authentication could not be checked");
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({"error": "Gatehouse cannot check credentials right now"})),
+        axum::Json(serde_json::json!({"error": "Gatehouse cannot check credentials right now: storage unavailable"})),
     )
         .into_response()
 }
