@@ -71,9 +71,16 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy fou
 say "building gatehouse"
 cargo build -p gatehouse --quiet
 say "running the test suite (unit + integration, SQLite and PostgreSQL)"
+# Every test instance leaves its logs, responses, recordings and database
+# rows here; the secret scan below reads all of it.
+export GATEHOUSE_TEST_ARTIFACTS="$PWD/target/test-artifacts"
+rm -rf "$GATEHOUSE_TEST_ARTIFACTS" && mkdir -p "$GATEHOUSE_TEST_ARTIFACTS"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --test-threads "${GATEHOUSE_TEST_THREADS:-4}"
 else
   cargo test --workspace --no-fail-fast -- --test-threads "${GATEHOUSE_TEST_THREADS:-4}"
 fi
+say "secret scan of everything the suite produced"
+cargo run --quiet -p gatehouse-integration --bin secret_scan -- "$GATEHOUSE_TEST_ARTIFACTS" \
+  || die "the secret scan found private key material or a bearer token in clear (see above)"
 say "all tests passed"

@@ -28,8 +28,8 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// Where the master key comes from.
-#[derive(Debug, Clone)]
+/// Where the master key comes from. `Debug` never shows a given value.
+#[derive(Clone)]
 pub enum MasterKeySource {
     /// A file holding 64 hex digits.
     File(PathBuf),
@@ -37,6 +37,16 @@ pub enum MasterKeySource {
     Value(Zeroizing<String>),
     /// `<data-dir>/master.key`, generated on first start.
     DataDir,
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+            Self::DataDir => f.write_str("DataDir"),
+        }
+    }
 }
 
 impl MasterKey {
@@ -410,6 +420,23 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(keys_dir(dir.path()).join(USER_CA_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_key_material() {
+        let hex = "ab".repeat(32);
+        let src = MasterKeySource::Value(Zeroizing::new(hex.clone()));
+        let mk = MasterKey::parse(&hex).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::load_or_create(dir.path(), &mk).unwrap();
+        let pem = ks.user_ca().to_openssh().unwrap();
+        let b64_line = pem.lines().nth(1).unwrap().to_string();
+        for shown in [format!("{src:?}"), format!("{mk:?}"), format!("{ks:?}"), format!("{:?}", ks.user_cas().current)]
+        {
+            assert!(!shown.contains(&hex), "{shown}");
+            assert!(!shown.contains(&b64_line), "{shown}");
+            assert!(!shown.contains("PRIVATE"), "{shown}");
         }
     }
 

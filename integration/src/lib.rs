@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 mod peers;
+pub mod scan;
 pub use peers::{TlsServer, hostname, mcp_call, openssl, openssl_ok};
 
 /// Which database the broker runs on.
@@ -193,6 +194,34 @@ pub struct Gatehouse {
     pub log: PathBuf,
     pub stdout: Arc<Mutex<String>>,
     extra_args: Vec<String>,
+    /// Where this instance leaves its logs, responses, recordings and rows
+    /// for the secret scan (when the test command asks for it).
+    artifacts: Option<PathBuf>,
+}
+
+/// The artifact dir for the secret scan, if the test command set one.
+fn artifacts_root() -> Option<PathBuf> {
+    std::env::var_os(scan::ARTIFACTS_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Append `text` to `file` under the artifact root (no-op without one).
+fn keep_artifact(dir: Option<&Path>, file: &str, text: &str) {
+    let Some(dir) = dir else { return };
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(file)) {
+        use std::io::Write as _;
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// An artifact dir for free functions (raw HTTP, MCP client runs).
+fn free_artifacts() -> Option<PathBuf> {
+    artifacts_root().map(|r| r.join(format!("client-{}", std::process::id())))
+}
+
+/// Commands whose output is the one time a secret is shown, by design.
+fn shows_a_secret_once(args: &[&str]) -> bool {
+    matches!(args, ["token", "create", ..] | ["agent", "bootstrap", ..] | ["host", "enroll-token", ..])
 }
 
 impl Gatehouse {
@@ -217,6 +246,10 @@ impl Gatehouse {
 
     fn start_on(backend: Backend, pg: Option<PgDb>, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("gatehouse-test-").tempdir()?;
+        let artifacts = artifacts_root().map(|root| {
+            let test = std::thread::current().name().unwrap_or("test").replace("::", ".");
+            root.join(format!("{test}-{:x}", rand_u64()))
+        });
         let data_dir = dir.path().join("data");
         let mut gh = Self {
             child: None,
@@ -231,6 +264,7 @@ impl Gatehouse {
             stdout: Arc::new(Mutex::new(String::new())),
             dir,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            artifacts,
         };
         gh.spawn(None, None)?;
         Ok(gh)
@@ -309,13 +343,72 @@ impl Gatehouse {
 
     /// Run a CLI command against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(gatehouse_bin())
+        let out = Command::new(gatehouse_bin())
             .args(args)
             .env("GATEHOUSE_URL", self.url())
             .env("GATEHOUSE_TOKEN", &self.token)
             .env("GATEHOUSE_DATA_DIR", &self.data_dir)
             .output()
-            .expect("run gatehouse CLI")
+            .expect("run gatehouse CLI");
+        if !shows_a_secret_once(args) {
+            // The arguments are the test's own input (they may hold a token
+            // on purpose); what Gatehouse answered is what gets scanned.
+            let name = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+            keep_artifact(
+                self.artifacts.as_deref(),
+                "cli.log",
+                &format!(
+                    "$ gatehouse {name} …\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+        }
+        out
+    }
+
+    /// Leave this instance's logs, recordings and database rows for the
+    /// secret scan.
+    fn keep_artifacts(&self) {
+        let Some(dir) = self.artifacts.as_deref() else { return };
+        let _ = std::fs::create_dir_all(dir.join("recordings"));
+        let _ = std::fs::copy(&self.log, dir.join("serve.log"));
+        // serve's stdout, minus the line after "Admin token": the one time
+        // the first admin token is shown, by design.
+        let stdout = self.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut kept = String::new();
+        let mut skip = false;
+        for line in stdout.lines() {
+            if !skip {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            skip = line.starts_with("Admin token");
+        }
+        keep_artifact(Some(dir), "serve.stdout", &kept);
+        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("recordings")) {
+            for e in entries.flatten() {
+                let _ = std::fs::copy(e.path(), dir.join("recordings").join(e.file_name()));
+            }
+        }
+        match &self.pg {
+            Some(pg) => {
+                if let Ok(out) = Command::new("pg_dump")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "--data-only", "--inserts", &pg.name])
+                    .output()
+                {
+                    let _ = std::fs::write(dir.join("postgres.sql"), &out.stdout);
+                }
+            }
+            None => {
+                for f in ["gatehouse.db", "gatehouse.db-wal"] {
+                    let _ = std::fs::copy(self.data_dir.join(f), dir.join(f));
+                }
+            }
+        }
+        if let Ok(mk) = std::fs::read_to_string(self.data_dir.join("master.key")) {
+            keep_artifact(Some(dir), scan::SECRETS_FILE, &format!("{}\n", mk.trim()));
+        }
     }
 
     /// Run a CLI command that must succeed; its stdout.
@@ -427,6 +520,7 @@ impl Drop for Gatehouse {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.keep_artifacts();
         if std::thread::panicking() {
             eprintln!("---- gatehouse serve log ----\n{}", self.log_text());
         }
@@ -735,6 +829,11 @@ fn mcp_run(args: &[String], ops: Value) -> Value {
     child.stdin.take().unwrap().write_all(ops.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    keep_artifact(
+        free_artifacts().as_deref(),
+        "mcp-client.log",
+        &format!("{stdout}\n{}\n", String::from_utf8_lossy(&out.stderr)),
+    );
     serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!("MCP client printed no JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
     })
@@ -770,7 +869,18 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str
         .iter()
         .map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    HttpReply { status, headers, body: resp.text().unwrap_or_default() }
+    let reply = HttpReply { status, headers, body: resp.text().unwrap_or_default() };
+    let issues_a_secret = method == "POST"
+        && (url.contains("/tokens") || url.contains("/bootstrap") || url.contains("/enroll-token"))
+        && (200..300).contains(&status);
+    if !issues_a_secret {
+        keep_artifact(
+            free_artifacts().as_deref(),
+            "http.log",
+            &format!("{method} {status}\n{:?}\n{}\n", reply.headers, reply.body),
+        );
+    }
+    reply
 }
 
 /// Create an agent and a bearer token for it; returns the token.
