@@ -3,9 +3,9 @@
 //! token) by `api::router`. Admin approvals count as one approver
 //! ("admin"), who is never the requester.
 
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use gatehouse_mcp::client_ip::ClientIp;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -160,7 +160,7 @@ struct FileAccess {
 /// source-address rule sees the admin client's address).
 async fn file_access(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Json(req): Json<FileAccess>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let who = requester(&b, Some(req.user), None).await?;
@@ -190,7 +190,7 @@ struct Decide {
 
 async fn approve(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(req): Json<Decide>,
 ) -> ApiResult {
@@ -199,7 +199,7 @@ async fn approve(
 
 async fn deny(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(req): Json<Decide>,
 ) -> ApiResult {
