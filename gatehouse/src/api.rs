@@ -136,12 +136,26 @@ pub(crate) async fn require_admin(State(broker): State<Broker>, client: ClientIp
     }
     let what = format!("{} {}", req.method(), cap(req.uri().path(), 200));
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let resp = if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let too_large = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body too large (the limit is {MAX_BODY} bytes); nothing was changed"),
         )
         .into_response()
+    };
+    let resp = if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        too_large()
+    } else if req.method() == axum::http::Method::POST {
+        // Bodies are JSON within serde_json's nesting limit, whatever the
+        // route's own type would have skipped over.
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, MAX_BODY).await {
+            Err(_) => too_large(),
+            Ok(bytes) => match (bytes.is_empty(), serde_json::from_slice::<Value>(&bytes)) {
+                (false, Err(e)) => bad(format!("the body is not acceptable JSON ({e}); nothing was changed")).into_response(),
+                _ => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+            },
+        }
     } else {
         next.run(req).await
     };

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 
 use gatehouse_integration::*;
 use serde_json::{Value, json};
@@ -58,6 +58,49 @@ fn curl_post(url: &str, headers: &[(&str, &str)], body: &Path) -> (u16, String) 
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// A raw SSH client (russh) for names stock `ssh` refuses to send (a
+/// newline): logs in to the bastion as `user` with `key`, runs `id`, and
+/// returns the exit status, stdout and stderr.
+fn raw_ssh(gh: &Gatehouse, key: &UserKey, user: &str) -> (Option<u32>, String, String) {
+    use russh::ChannelMsg;
+    struct Bastion(String);
+    impl russh::client::Handler for Bastion {
+        type Error = russh::Error;
+        async fn check_server_key(&mut self, k: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+            Ok(match k {
+                russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                    key.to_openssh().is_ok_and(|line| self.0.contains(line.split_whitespace().nth(1).unwrap_or("-")))
+                }
+                _ => false,
+            })
+        }
+    }
+    let host_key = std::fs::read_to_string(gh.data_dir.join("keys/bastion_host_ed25519.pub")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let config = Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(config, ("127.0.0.1", gh.ssh_port), Bastion(host_key)).await.unwrap();
+        let k = russh::keys::load_secret_key(&key.private, None).unwrap();
+        let auth = h
+            .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None))
+            .await
+            .unwrap();
+        assert!(auth.success(), "the key is alice's: authentication itself succeeds");
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "id").await.unwrap();
+        let (mut code, mut out, mut err) = (None, Vec::new(), Vec::new());
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => err.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                _ => {}
+            }
+        }
+        (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+    })
+}
+
 /// An agent's tool call through the REST bridge with a bearer token.
 fn bridge_call(gh: &Gatehouse, token: &str, extra: &[(&str, &str)], name: &str, args: Value) -> HttpReply {
     let auth = format!("Bearer {token}");
@@ -89,6 +132,20 @@ fn principal_injection_in_the_ssh_user_name(b: Backend) {
     ]
     .map(|(u, why)| (u.to_string(), why));
     for (user, _) in &attacks {
+        if user.contains('\n') {
+            // Stock ssh refuses to send this one; a raw client does.
+            let mut c = Command::new("ssh");
+            c.args(ssh_opts(&w.gh, &w.key)).args(["-p", &w.gh.ssh_port.to_string(), "-l", user, "127.0.0.1", "id"]);
+            let r = run(c);
+            assert_eq!(r.code, Some(255), "{}", r.stderr);
+            assert!(r.stderr.contains("invalid characters"), "{}", r.stderr);
+            let (code, stdout, stderr) = raw_ssh(&w.gh, &w.key, user);
+            assert_eq!(code, Some(1), "{user:?}: {stdout} {stderr}");
+            assert!(stdout.is_empty(), "{user:?} ran something: {stdout}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{user:?}: one clear line expected: {stderr}");
+            assert!(stderr.starts_with("gatehouse: ") && stderr.contains("not allowed"), "{user:?}: {stderr}");
+            continue;
+        }
         // `-l` carries the name exactly as given (the client does not split it).
         let mut c = Command::new("ssh");
         c.args(ssh_opts(&w.gh, &w.key)).args(["-p", &w.gh.ssh_port.to_string(), "-l", user, "127.0.0.1", "id"]);
