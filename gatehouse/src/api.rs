@@ -10,9 +10,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gatehouse_broker::audit::cap;
 use gatehouse_broker::hosts::NewHost;
 use gatehouse_broker::users::Role;
-use gatehouse_broker::audit::cap;
 use gatehouse_broker::{Actor, AuditQuery, AuditRecord, Broker, BrokerError, Outcome, parse_duration};
 use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
@@ -123,7 +123,12 @@ pub(crate) async fn audit_query_credential(broker: &Broker, client: ClientIp, re
     }
 }
 
-pub(crate) async fn require_admin(State(broker): State<Broker>, client: ClientIp, req: Request, next: Next) -> Response {
+pub(crate) async fn require_admin(
+    State(broker): State<Broker>,
+    client: ClientIp,
+    req: Request,
+    next: Next,
+) -> Response {
     if query_has_credential(&req) {
         audit_query_credential(&broker, client, "admin api").await;
         return bad("credentials are not accepted in the query string; use the Authorization header").into_response();
@@ -152,7 +157,9 @@ pub(crate) async fn require_admin(State(broker): State<Broker>, client: ClientIp
         match axum::body::to_bytes(body, MAX_BODY).await {
             Err(_) => too_large(),
             Ok(bytes) => match (bytes.is_empty(), serde_json::from_slice::<Value>(&bytes)) {
-                (false, Err(e)) => bad(format!("the body is not acceptable JSON ({e}); nothing was changed")).into_response(),
+                (false, Err(e)) => {
+                    bad(format!("the body is not acceptable JSON ({e}); nothing was changed")).into_response()
+                }
                 _ => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
             },
         }
@@ -174,7 +181,8 @@ pub(crate) async fn require_admin(State(broker): State<Broker>, client: ClientIp
             (ApiError(status, why.clone()).into_response(), why)
         }
     };
-    let rec = AuditRecord::new(Actor::admin(), "api.request", what, Outcome::Deny).reason(why).client(client.to_string());
+    let rec =
+        AuditRecord::new(Actor::admin(), "api.request", what, Outcome::Deny).reason(why).client(client.to_string());
     if let Err(e) = broker.audit(rec).await {
         tracing::error!(error = %e, "could not audit a refused request");
     }

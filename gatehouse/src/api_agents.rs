@@ -1,12 +1,12 @@
 //! Admin API for agents and their tokens.
 
-use gatehouse_mcp::client_ip::ClientIp;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_broker::agents::NewAgent;
 use gatehouse_broker::{Actor, Broker, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -3,8 +3,6 @@
 //! token) by `api::router`. Admin approvals count as one approver
 //! ("admin"), who is never the requester.
 
-
-use gatehouse_mcp::client_ip::ClientIp;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -12,6 +10,7 @@ use axum::{Json, Router};
 use gatehouse_broker::access::{NewAccessRequest, Requester};
 use gatehouse_broker::policy::{Approver, parse_instant};
 use gatehouse_broker::{Actor, Broker, BrokerError, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -5,8 +5,6 @@
 //! `/pki/crl.pem` and `/pki/root.pem`, and the enrolment endpoints a target
 //! calls with its one-time token or its current certificate.
 
-
-use gatehouse_mcp::client_ip::ClientIp;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
@@ -17,6 +15,7 @@ use gatehouse_bastion::BastionError;
 use gatehouse_bastion::probe::{self, ProbeRequest};
 use gatehouse_broker::probes::ProbeKind;
 use gatehouse_broker::{Actor, Broker, BrokerError, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -81,10 +81,8 @@ fn raw_ssh(gh: &Gatehouse, key: &UserKey, user: &str) -> (Option<u32>, String, S
         let config = Arc::new(russh::client::Config::default());
         let mut h = russh::client::connect(config, ("127.0.0.1", gh.ssh_port), Bastion(host_key)).await.unwrap();
         let k = russh::keys::load_secret_key(&key.private, None).unwrap();
-        let auth = h
-            .authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None))
-            .await
-            .unwrap();
+        let auth =
+            h.authenticate_publickey(user, russh::keys::PrivateKeyWithHashAlg::new(Arc::new(k), None)).await.unwrap();
         assert!(auth.success(), "the key is alice's: authentication itself succeeds");
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, "id").await.unwrap();
@@ -173,7 +171,7 @@ fn principal_injection_in_the_ssh_user_name(b: Backend) {
             .iter()
             .find(|e| e["details"]["ssh_user"] == escaped.as_str())
             .unwrap_or_else(|| panic!("no denial for {user:?} in {denies:#?}"));
-        assert!(e["reason"].as_str().unwrap().ends_with(why), "{user:?}: {e}");
+        assert!(e["reason"].as_str().unwrap().contains(why), "{user:?}: {e}");
         assert_eq!(e["actor"], "alice");
         assert_eq!(e["client_addr"].as_str().unwrap().split(':').next(), Some("127.0.0.1"));
     }
@@ -327,8 +325,11 @@ fn oversized_and_deeply_nested_json(b: Backend) {
     let token = agent_with_token(&gh, "ops", "host:read", "staging", &[]);
     let big = gh.dir.path().join("big.json");
     // 10 MB of valid-looking JSON.
-    std::fs::write(&big, format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(10 << 20)))
-        .unwrap();
+    std::fs::write(
+        &big,
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(10 << 20)),
+    )
+    .unwrap();
     let agent_auth = format!("Bearer {token}");
     let admin_auth = format!("Bearer {}", gh.token);
     let json_ct = ("content-type", "application/json");
@@ -398,7 +399,10 @@ fn oversized_and_deeply_nested_json(b: Backend) {
         assert_eq!(e["client_addr"], "127.0.0.1");
     }
     let api = gh.audit(&["--action", "api.request", "--outcome", "deny"]);
-    assert!(api.iter().any(|e| e["resource"] == "POST /api/v1/users" && e["reason"].as_str().unwrap().contains("too large")));
+    assert!(
+        api.iter()
+            .any(|e| e["resource"] == "POST /api/v1/users" && e["reason"].as_str().unwrap().contains("too large"))
+    );
     assert!(
         api.iter().any(|e| e["resource"] == "POST /api/v1/users"
             && e["reason"].as_str().unwrap().contains("recursion limit"))
@@ -425,7 +429,12 @@ fn forwarded_for_is_believed_only_from_trusted_proxies(b: Backend) {
     assert_eq!(ok.last().unwrap()["client_addr"], "127.0.0.1");
     let r = bridge_call(&gh, &remote, &[spoof], "gatehouse_whoami", json!({}));
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = mcp_http(&gh, &remote, &["--header", "X-Forwarded-For: 10.9.9.9"], json!([mcp_call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(
+        &gh,
+        &remote,
+        &["--header", "X-Forwarded-For: 10.9.9.9"],
+        json!([mcp_call("gatehouse_whoami", json!({}))]),
+    );
     assert!(mcp_refused_401(&r), "{r}");
     let refused = denials_with(&gh, "mcp.auth", "outside the token's CIDRs");
     assert_eq!(refused.len(), 2, "{refused:#?}");
@@ -443,11 +452,22 @@ fn forwarded_for_is_believed_only_from_trusted_proxies(b: Backend) {
     let remote = token_for(&gh, "ops", &["--cidr", "10.9.9.0/24"]);
     let r = bridge_call(&gh, &remote, &[spoof], "gatehouse_whoami", json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = mcp_http(&gh, &remote, &["--header", "X-Forwarded-For: 10.9.9.9"], json!([mcp_call("gatehouse_whoami", json!({}))]));
+    let r = mcp_http(
+        &gh,
+        &remote,
+        &["--header", "X-Forwarded-For: 10.9.9.9"],
+        json!([mcp_call("gatehouse_whoami", json!({}))]),
+    );
     assert_eq!(mcp_result(&r, 0)["structured"]["agent"], "ops", "{r}");
     // The right-most entry that is not a trusted proxy: a hop through a
     // second trusted proxy is skipped, a forged left-most entry is not used.
-    let r = bridge_call(&gh, &remote, &[("x-forwarded-for", "203.0.113.5, 10.9.9.9, 127.0.0.1")], "gatehouse_whoami", json!({}));
+    let r = bridge_call(
+        &gh,
+        &remote,
+        &[("x-forwarded-for", "203.0.113.5, 10.9.9.9, 127.0.0.1")],
+        "gatehouse_whoami",
+        json!({}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = bridge_call(&gh, &remote, &[("x-forwarded-for", "10.9.9.9, 203.0.113.5")], "gatehouse_whoami", json!({}));
     assert_eq!(r.status, 401, "the client is 203.0.113.5, outside the CIDR");

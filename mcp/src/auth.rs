@@ -92,7 +92,12 @@ fn too_large(limit: usize) -> String {
     format!("request body too large (the limit is {limit} bytes); nothing was done")
 }
 
-pub(crate) async fn authenticate(State(st): State<McpState>, client_ip: ClientIp, req: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(st): State<McpState>,
+    client_ip: ClientIp,
+    req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path().to_string();
     if let Some(origin) = header_str(req.headers(), "origin")
         && !origin_allowed(origin, &st.cfg.allowed_origins)
