@@ -24,6 +24,8 @@ apt_install() {
 # --- OpenSSH (client and server) -------------------------------------------
 command -v ssh >/dev/null && command -v sftp >/dev/null && command -v scp >/dev/null || apt_install openssh-client
 [ -x /usr/sbin/sshd ] || apt_install openssh-server
+# curl: the attack tests send oversized bodies with it (it stops at an early answer).
+command -v curl >/dev/null || apt_install curl
 $SUDO mkdir -p /run/sshd
 /usr/sbin/sshd -V 2>&1 | head -1 || true
 

@@ -272,6 +272,11 @@ impl Conn {
 
     /// Audit a refused request on this connection.
     pub async fn audit_refusal(&self, action: &str, what: &str) {
+        self.audit_refusal_with(action, what, None).await;
+    }
+
+    /// Audit a refused request on this connection, with details.
+    pub async fn audit_refusal_with(&self, action: &str, what: &str, details: Option<serde_json::Value>) {
         let (actor, session, resource) = self.with_state(|s| {
             let actor = s.user.as_ref().map(|u| Actor::user(&u.name)).unwrap_or_else(|| Actor::unknown("ssh client"));
             let resource = match &s.target {
@@ -285,6 +290,9 @@ impl Conn {
             .client(self.client_addr());
         if let Some(id) = session {
             rec = rec.session(id);
+        }
+        if let Some(d) = details {
+            rec = rec.details(d);
         }
         if let Err(e) = self.broker.audit(rec).await {
             tracing::error!(error = %e, "could not audit a refused request");
@@ -416,7 +424,10 @@ impl SshHandler {
         let (login, host) = match target {
             Target::Commands => return,
             Target::Invalid(msg) => {
-                conn.audit_refusal("ssh.connect", "malformed target in SSH user name").await;
+                let why = format!("malformed target in SSH user name: {}", target::problem(ssh_user));
+                // Debug-escaped so control characters cannot forge log lines.
+                let given = gatehouse_broker::audit::cap(&format!("{ssh_user:?}"), 220);
+                conn.audit_refusal_with("ssh.connect", &why, Some(serde_json::json!({ "ssh_user": given }))).await;
                 conn.with_state(|s| s.denial = Some(msg));
                 return;
             }

@@ -13,6 +13,27 @@ pub enum Target {
     Invalid(String),
 }
 
+/// What is wrong with a user name that does not parse, for the audit log.
+pub fn problem(user: &str) -> &'static str {
+    if user.len() > 200 {
+        "too long"
+    } else if user.chars().any(|c| c.is_control()) {
+        "control characters"
+    } else if user.chars().any(char::is_whitespace) {
+        "whitespace"
+    } else if user.contains(',') {
+        "a comma (several principals)"
+    } else if user.contains(['*', '?']) {
+        "a wildcard"
+    } else if user.contains(['/', '\\']) {
+        "a path separator"
+    } else if user.contains(['"', '\'']) {
+        "a quote"
+    } else {
+        "not LOGIN@HOST"
+    }
+}
+
 /// Parse the SSH username. Exactly one `@`; both sides non-empty and free of
 /// control characters, spaces, commas and wildcards (the broker checks the
 /// login and host name rules in detail).

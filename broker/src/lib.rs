@@ -303,13 +303,19 @@ impl Broker {
     ) -> Result<tokens::TokenInfo> {
         match tokens::authenticate(self.pool(), secret, tokens::TokenKind::Admin, client).await? {
             Ok(info) => Ok(info),
-            Err((_, why)) => {
-                self.audit(
-                    AuditRecord::new(Actor::unknown("api client"), "api.auth", "admin api", Outcome::Deny)
-                        .reason(why.as_str())
-                        .client(client.map(|c| c.to_string()).unwrap_or_default()),
-                )
-                .await?;
+            Err((info, why)) => {
+                let mut actor = Actor::unknown("api client");
+                let mut rec = AuditRecord::new(actor.clone(), "api.auth", "admin api", Outcome::Deny);
+                if let Some(i) = &info {
+                    if i.kind == tokens::TokenKind::Agent.as_str()
+                        && let Ok(agent) = self.agent_by_id(&i.subject_id).await
+                    {
+                        actor = agent.actor();
+                    }
+                    rec = AuditRecord::new(actor, "api.auth", "admin api", Outcome::Deny)
+                        .details(serde_json::json!({"token": i.id, "token_kind": i.kind}));
+                }
+                self.audit(rec.reason(why.as_str()).client(client.map(|c| c.to_string()).unwrap_or_default())).await?;
                 Err(BrokerError::Unauthorized(why.as_str().into()))
             }
         }

@@ -210,9 +210,6 @@ pub async fn authenticate(
     let Some(kind) = well_formed(secret) else {
         return Ok(Err((None, TokenRefusal::Malformed)));
     };
-    if kind != expect {
-        return Ok(Err((None, TokenRefusal::WrongKind)));
-    }
     let h = hash(secret);
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1")))
         .bind(&h)
@@ -222,8 +219,13 @@ pub async fn authenticate(
         return Ok(Err((None, TokenRefusal::Unknown)));
     };
     let (info, stored) = row_to_info(&row)?;
-    if !bool::from(stored.as_bytes().ct_eq(h.as_bytes())) || info.kind != expect.as_str() {
+    if !bool::from(stored.as_bytes().ct_eq(h.as_bytes())) || info.kind != kind.as_str() {
         return Ok(Err((None, TokenRefusal::Unknown)));
+    }
+    if kind != expect {
+        // A real token of another kind (an agent's token at the admin API):
+        // refused, and the audit row can say whose it was.
+        return Ok(Err((Some(info), TokenRefusal::WrongKind)));
     }
     let now = now_ms();
     if info.revoked_at.is_some() {

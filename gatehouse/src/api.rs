@@ -2,23 +2,32 @@
 //! broker calls. Every route but `/healthz` needs the admin bearer token in
 //! the `Authorization` header; tokens in query strings are refused.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gatehouse_broker::audit::cap;
 use gatehouse_broker::hosts::NewHost;
 use gatehouse_broker::users::Role;
-use gatehouse_broker::{Actor, AuditQuery, Broker, BrokerError, parse_duration};
+use gatehouse_broker::{Actor, AuditQuery, AuditRecord, Broker, BrokerError, Outcome, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// An error as the API answers it: a status and one line of text.
 pub struct ApiError(pub StatusCode, pub String);
+
+/// The message of an [`ApiError`], kept on the response so the admin
+/// middleware can audit refusals in the words the caller saw.
+#[derive(Clone)]
+struct Refusal(String);
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 1024 * 1024;
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
@@ -45,7 +54,8 @@ impl From<BrokerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let mut r = (self.0, Json(json!({ "error": self.1.clone() }))).into_response();
+        r.extensions_mut().insert(Refusal(self.1));
         if self.0 == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
         }
@@ -84,7 +94,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(admin)
         .merge(crate::api_pki::routes(broker.clone()))
-        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(broker)
 }
 
@@ -103,22 +113,81 @@ pub fn query_has_credential(req: &Request) -> bool {
     })
 }
 
+/// Audit a request refused because it carried a credential in its query
+/// string. Neither the query nor the credential is recorded.
+pub(crate) async fn audit_query_credential(broker: &Broker, client: ClientIp, resource: &str) {
+    let rec = AuditRecord::new(Actor::unknown("api client"), "api.auth", resource, Outcome::Deny)
+        .reason("credentials in the query string")
+        .client(client.to_string());
+    if let Err(e) = broker.audit(rec).await {
+        tracing::error!(error = %e, "could not audit a refused request");
+    }
+}
+
 pub(crate) async fn require_admin(
     State(broker): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientIp,
     req: Request,
     next: Next,
 ) -> Response {
     if query_has_credential(&req) {
+        audit_query_credential(&broker, client, "admin api").await;
         return bad("credentials are not accepted in the query string; use the Authorization header").into_response();
     }
     let Some(token) = bearer(req.headers()) else {
         return ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
     };
-    match broker.authenticate_admin(token, Some(peer.ip())).await {
-        Ok(_) => next.run(req).await,
-        Err(e) => ApiError::from(e).into_response(),
+    if let Err(e) = broker.authenticate_admin(token, Some(client.0)).await {
+        return ApiError::from(e).into_response();
     }
+    let what = format!("{} {}", req.method(), cap(req.uri().path(), 200));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large (the limit is {MAX_BODY} bytes); nothing was changed"),
+        )
+        .into_response()
+    };
+    let resp = if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        too_large()
+    } else if req.method() == axum::http::Method::POST {
+        // Bodies are JSON within serde_json's nesting limit, whatever the
+        // route's own type would have skipped over.
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, MAX_BODY).await {
+            Err(_) => too_large(),
+            Ok(bytes) => match (bytes.is_empty(), serde_json::from_slice::<Value>(&bytes)) {
+                (false, Err(e)) => {
+                    bad(format!("the body is not acceptable JSON ({e}); nothing was changed")).into_response()
+                }
+                _ => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+            },
+        }
+    } else {
+        next.run(req).await
+    };
+    if !matches!(resp.status().as_u16(), 400 | 413 | 415 | 422) {
+        return resp;
+    }
+    // Refused input: audited, and answered as JSON like every other error
+    // (axum's own extractor rejections are plain text).
+    let (resp, why) = match resp.extensions().get::<Refusal>().map(|r| r.0.clone()) {
+        Some(why) => (resp, why),
+        None => {
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            let why = if text.is_empty() { status.to_string() } else { cap(&text, 300) };
+            (ApiError(status, why.clone()).into_response(), why)
+        }
+    };
+    let rec =
+        AuditRecord::new(Actor::admin(), "api.request", what, Outcome::Deny).reason(why).client(client.to_string());
+    if let Err(e) = broker.audit(rec).await {
+        tracing::error!(error = %e, "could not audit a refused request");
+    }
+    resp
 }
 
 async fn ca(State(b): State<Broker>) -> ApiResult {

@@ -6,6 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_broker::agents::NewAgent;
 use gatehouse_broker::{Actor, Broker, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -165,7 +166,7 @@ struct Decision {
     reason: String,
 }
 
-async fn decide_any(b: &Broker, peer: std::net::SocketAddr, id: &str, approve: bool, reason: &str) -> ApiResult {
+async fn decide_any(b: &Broker, peer: std::net::IpAddr, id: &str, approve: bool, reason: &str) -> ApiResult {
     if id.starts_with("ap_") {
         Ok(Json(json!(b.decide_action_approval(&Actor::admin(), id, approve, reason).await?)))
     } else {
@@ -176,7 +177,7 @@ async fn decide_any(b: &Broker, peer: std::net::SocketAddr, id: &str, approve: b
 
 async fn approve_any(
     State(b): State<Broker>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(r): Json<Decision>,
 ) -> ApiResult {
@@ -185,7 +186,7 @@ async fn approve_any(
 
 async fn deny_any(
     State(b): State<Broker>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(r): Json<Decision>,
 ) -> ApiResult {

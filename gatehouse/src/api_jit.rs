@@ -3,15 +3,14 @@
 //! token) by `api::router`. Admin approvals count as one approver
 //! ("admin"), who is never the requester.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_broker::access::{NewAccessRequest, Requester};
 use gatehouse_broker::policy::{Approver, parse_instant};
 use gatehouse_broker::{Actor, Broker, BrokerError, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -160,7 +159,7 @@ struct FileAccess {
 /// source-address rule sees the admin client's address).
 async fn file_access(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Json(req): Json<FileAccess>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let who = requester(&b, Some(req.user), None).await?;
@@ -190,7 +189,7 @@ struct Decide {
 
 async fn approve(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(req): Json<Decide>,
 ) -> ApiResult {
@@ -199,7 +198,7 @@ async fn approve(
 
 async fn deny(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Path(id): Path<String>,
     Json(req): Json<Decide>,
 ) -> ApiResult {

@@ -5,9 +5,7 @@
 //! `/pki/crl.pem` and `/pki/root.pem`, and the enrolment endpoints a target
 //! calls with its one-time token or its current certificate.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +15,7 @@ use gatehouse_bastion::BastionError;
 use gatehouse_bastion::probe::{self, ProbeRequest};
 use gatehouse_broker::probes::ProbeKind;
 use gatehouse_broker::{Actor, Broker, BrokerError, parse_duration};
+use gatehouse_mcp::client_ip::ClientIp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -170,10 +169,11 @@ struct Enroll {
 
 async fn enroll(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     req: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if query_has_credential(&req) {
+        crate::api::audit_query_credential(&b, ClientIp(peer), "host enrolment").await;
         return Err(bad("credentials are not accepted in the query string; use the Authorization header"));
     }
     let Some(token) = bearer(req.headers()).map(str::to_string) else {
@@ -182,7 +182,7 @@ async fn enroll(
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024).await.map_err(|_| bad("request body too large"))?;
     let body: Enroll =
         serde_json::from_slice(&body).map_err(|_| bad("expected JSON {\"public_key\": \"ssh-ed25519 …\"}"))?;
-    let issued = b.enroll_host(&token, &body.public_key, Some(peer.ip())).await.map_err(|e| match e {
+    let issued = b.enroll_host(&token, &body.public_key, Some(peer)).await.map_err(|e| match e {
         BrokerError::Unauthorized(_) => ApiError(
             StatusCode::UNAUTHORIZED,
             "enrolment token refused (unknown, expired or already used): ask for a new one with \
@@ -203,11 +203,11 @@ struct Renew {
 
 async fn renew(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Json(req): Json<Renew>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     // The reasons name no secret and tell the operator what to do.
-    let issued = b.renew_host_certificate(&req.certificate, req.time, &req.signature, Some(peer.ip())).await.map_err(
+    let issued = b.renew_host_certificate(&req.certificate, req.time, &req.signature, Some(peer)).await.map_err(
         |e| match e {
             BrokerError::Unauthorized(why) => ApiError(StatusCode::UNAUTHORIZED, format!("renewal refused: {why}")),
             other => ApiError::from(other),

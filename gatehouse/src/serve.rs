@@ -40,6 +40,12 @@ pub struct ServeArgs {
     /// Host header values accepted on /mcp (DNS-rebinding protection); default loopback names.
     #[arg(long = "mcp-allowed-host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
     mcp_allowed_hosts: Vec<String>,
+    /// A reverse proxy in front of the HTTP listener (CIDR; repeatable, or
+    /// comma-separated in the environment). Only requests arriving from one
+    /// have their `X-Forwarded-For` believed; the client is then its right-most
+    /// entry that is not itself a trusted proxy. Default: none.
+    #[arg(long = "trusted-proxy", env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest SSH session an agent may ask for.
     #[arg(long, default_value = "1h")]
     mcp_max_session_ttl: String,
@@ -99,6 +105,13 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<()> {
         exec,
         mcp_cfg,
     )));
+    if !args.trusted_proxies.is_empty() {
+        tracing::info!(proxies = ?args.trusted_proxies, "X-Forwarded-For is believed from these trusted proxies only");
+    }
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        gatehouse_mcp::client_ip::TrustedProxies::new(args.trusted_proxies.clone()),
+        gatehouse_mcp::client_ip::resolve,
+    ));
     let http_shutdown = shutdown.clone();
     let http_server = tokio::spawn(async move {
         axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod bridge;
+pub mod client_ip;
 pub mod clients;
 mod error;
 mod rest;

@@ -2,9 +2,7 @@
 //! and `tools/call`, each request signed by the agent's enrolled key (or
 //! carrying its bearer token), plus key enrolment with a bootstrap token.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use gatehouse_broker::agents::AgentPrincipal;
@@ -13,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::McpState;
+use crate::client_ip::ClientIp;
 use crate::tools::{self, CallCtx};
 
 pub(crate) async fn list_tools(Extension(p): Extension<AgentPrincipal>, Json(_req): Json<Value>) -> Json<Value> {
@@ -64,7 +63,7 @@ pub(crate) struct EnrollReq {
 /// (`Authorization: Bearer ghboot_…`).
 pub(crate) async fn enroll(
     State(st): State<McpState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     headers: axum::http::HeaderMap,
     Json(req): Json<EnrollReq>,
 ) -> (StatusCode, Json<Value>) {
@@ -77,7 +76,7 @@ pub(crate) async fn enroll(
     if token.is_empty() {
         return (StatusCode::UNAUTHORIZED, Json(json!({"error": "missing bootstrap token"})));
     }
-    match st.broker.enroll_agent_key(token, &req.public_key, Some(peer.ip())).await {
+    match st.broker.enroll_agent_key(token, &req.public_key, Some(client)).await {
         Ok(agent) => (StatusCode::OK, Json(json!({ "agent": agent.name, "signing_key": agent.signing_key }))),
         Err(gatehouse_broker::BrokerError::Unauthorized(_)) => {
             (StatusCode::UNAUTHORIZED, Json(json!({"error": "the bootstrap token was refused"})))

@@ -329,19 +329,28 @@ pub fn check_arguments(name: &str, args: Option<JsonObject>, max_bytes: usize) -
     }
 }
 
-/// Dispatch a tool call.
+/// Dispatch a tool call. A call refused as a JSON-RPC error (unknown tool,
+/// malformed or oversized arguments, ids that are not ids) is audited too.
 pub async fn call(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, ErrorData> {
+    let known = DEFS.iter().any(|d| d.name == name);
+    let result = dispatch(ctx, name, args).await;
+    if let Err(e) = &result {
+        let (action, resource) = if known { (name, "-".to_string()) } else { ("mcp.unknown_tool", cap(name, 80)) };
+        audit(ctx, action, &resource, Outcome::Deny, &e.message).await;
+    }
+    result
+}
+
+async fn dispatch(ctx: &CallCtx<'_>, name: &str, args: Option<JsonObject>) -> Result<CallToolResult, ErrorData> {
     let Some(def) = DEFS.iter().find(|d| d.name == name) else {
         return Err(invalid(format!("unknown tool {:?}", cap(name, 80))));
     };
     let size = args.as_ref().map(|a| serde_json::to_vec(a).map(|v| v.len()).unwrap_or(usize::MAX)).unwrap_or(0);
     if size > ctx.st.cfg.max_arguments_bytes {
-        let msg = format!(
+        return Err(invalid(format!(
             "arguments of {name} are too large ({size} bytes; the limit is {}); nothing was done",
             ctx.st.cfg.max_arguments_bytes
-        );
-        audit(ctx, name, "-", Outcome::Deny, &msg).await;
-        return Err(invalid(msg));
+        )));
     }
     if let Some(scope) = def.scope
         && !ctx.p.agent.has_scope(scope)
