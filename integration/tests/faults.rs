@@ -108,9 +108,13 @@ impl Tmpfs {
         Self { at: at.to_path_buf() }
     }
 
+    /// Remount; read-only waits until the last session's recording is
+    /// closed (the client can exit a moment before the bastion closes it).
     fn remount(&self, opt: &str) {
-        let out = Command::new("mount").args(["-o", &format!("remount,{opt}")]).arg(&self.at).output().unwrap();
-        assert!(out.status.success(), "remount {opt}: {}", String::from_utf8_lossy(&out.stderr));
+        eventually(Duration::from_secs(10), &format!("remount {opt}"), || {
+            let out = Command::new("mount").args(["-o", &format!("remount,{opt}")]).arg(&self.at).output().unwrap();
+            out.status.success().then_some(())
+        });
     }
 }
 
