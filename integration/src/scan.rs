@@ -37,44 +37,55 @@ fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-/// Find secrets in `data` (any bytes). `known` are exact secret values.
-pub fn scan_bytes(data: &[u8], known: &[String]) -> Vec<(usize, &'static str)> {
-    let mut found = Vec::new();
-    for prefix in TOKEN_PREFIXES {
-        let p = prefix.as_bytes();
-        let mut i = 0;
-        while let Some(pos) = find(&data[i..], p) {
-            let start = i + pos;
-            let body = &data[start + p.len()..];
-            let n = body.iter().take_while(|b| is_b64url(**b)).count();
-            if n >= TOKEN_BODY_LEN {
-                found.push((start, "bearer token"));
-            }
-            i = start + 1;
-        }
-    }
-    for (needle, what) in [("PRIVATE KEY-----", "PEM private key"), (OPENSSH_KEY_MAGIC_B64, "OpenSSH private key blob")]
-    {
-        let mut i = 0;
-        while let Some(pos) = find(&data[i..], needle.as_bytes()) {
-            found.push((i + pos, what));
-            i += pos + 1;
-        }
-    }
-    for k in known.iter().filter(|k| k.len() >= 16) {
-        if let Some(pos) = find(data, k.as_bytes()) {
-            found.push((pos, "known secret (master key)"));
-        }
-    }
-    found.sort();
-    found
+/// The patterns, compiled once: token prefixes, private key markers and the
+/// known secret values, found in one pass over each file.
+pub struct Patterns {
+    ac: aho_corasick::AhoCorasick,
+    kinds: Vec<(&'static str, bool)>,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
+impl Patterns {
+    /// `known` are exact secret values (shorter than 16 bytes are ignored).
+    pub fn new(known: &[String]) -> Self {
+        let mut needles: Vec<&[u8]> = Vec::new();
+        let mut kinds = Vec::new();
+        for p in TOKEN_PREFIXES {
+            needles.push(p.as_bytes());
+            kinds.push(("bearer token", true));
+        }
+        needles.push(b"PRIVATE KEY-----");
+        kinds.push(("PEM private key", false));
+        needles.push(OPENSSH_KEY_MAGIC_B64.as_bytes());
+        kinds.push(("OpenSSH private key blob", false));
+        for k in known.iter().filter(|k| k.len() >= 16) {
+            needles.push(k.as_bytes());
+            kinds.push(("known secret (master key)", false));
+        }
+        let ac = aho_corasick::AhoCorasick::new(needles).unwrap_or_else(|e| panic!("scan patterns: {e}"));
+        Self { ac, kinds }
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+
+    /// Find secrets in `data` (any bytes).
+    pub fn scan(&self, data: &[u8]) -> Vec<(usize, &'static str)> {
+        let mut found = Vec::new();
+        for m in self.ac.find_overlapping_iter(data) {
+            let Some(&(what, is_token)) = self.kinds.get(m.pattern().as_usize()) else { continue };
+            if is_token {
+                let n = data[m.end()..].iter().take_while(|b| is_b64url(**b)).count();
+                if n < TOKEN_BODY_LEN {
+                    continue;
+                }
+            }
+            found.push((m.start(), what));
+        }
+        found.sort();
+        found
+    }
+}
+
+/// Find secrets in `data` (any bytes). `known` are exact secret values.
+pub fn scan_bytes(data: &[u8], known: &[String]) -> Vec<(usize, &'static str)> {
+    Patterns::new(known).scan(data)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -97,13 +108,16 @@ pub fn scan_dir(root: &Path) -> std::io::Result<(Vec<Finding>, usize, u64)> {
     for f in files.iter().filter(|f| f.file_name().is_some_and(|n| n == SECRETS_FILE)) {
         known.extend(std::fs::read_to_string(f)?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
     }
+    known.sort();
+    known.dedup();
+    let patterns = Patterns::new(&known);
     let mut findings = Vec::new();
     let (mut n, mut bytes) = (0, 0u64);
     for f in files.iter().filter(|f| f.file_name().is_none_or(|n| n != SECRETS_FILE)) {
         let data = std::fs::read(f)?;
         n += 1;
         bytes += data.len() as u64;
-        for (offset, what) in scan_bytes(&data, &known) {
+        for (offset, what) in patterns.scan(&data) {
             findings.push(Finding { file: f.clone(), offset, what });
         }
     }
