@@ -294,9 +294,7 @@ impl Conn {
         if let Some(d) = details {
             rec = rec.details(d);
         }
-        if let Err(e) = self.broker.audit(rec).await {
-            tracing::error!(error = %e, "could not audit a refused request");
-        }
+        self.broker.audit_refusal(rec).await;
     }
 }
 

@@ -300,11 +300,7 @@ fn load_previous_user_ca(dir: &Path, master: &MasterKey) -> Result<Option<(SshCa
     let nl = plain.iter().position(|b| *b == b'\n').ok_or_else(bad)?;
     let head = std::str::from_utf8(&plain[..nl]).map_err(|_| bad())?;
     let until: i64 = head.strip_prefix("until=").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    if until <= now {
+    if until <= crate::now_ms() {
         fs::remove_file(&path)?;
         return Ok(None);
     }
@@ -396,9 +392,7 @@ mod tests {
         // the stored grace end (1970 + 1h) is long over: dropped at load
         assert!(ks3.user_cas().previous.is_none());
         assert!(!keys_dir(dir.path()).join(PREVIOUS_USER_CA_FILE).exists());
-        let real_now =
-            i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
-                .unwrap();
+        let real_now = crate::now_ms();
         ks3.rotate_user_ca(dir.path(), &mk2, std::time::Duration::from_secs(3600), real_now).unwrap();
         let ks4 = KeyStore::load_or_create(dir.path(), &mk2).unwrap();
         assert_eq!(ks4.user_cas().trusted(real_now).len(), 2);

@@ -200,12 +200,13 @@ impl Broker {
     /// During a rotation's grace period both lines, the new CA first.
     pub fn user_ca_line(&self) -> String {
         let cas = self.inner.keys.user_cas();
-        let mut lines = vec![gatehouse_ca::public_key_line(cas.current.public_key(), "gatehouse-user-ca")];
-        if let Some((prev, until)) = &cas.previous
-            && now_ms() < *until
-        {
-            lines.push(gatehouse_ca::public_key_line(prev.public_key(), "gatehouse-user-ca-previous"));
-        }
+        let comments = ["gatehouse-user-ca", "gatehouse-user-ca-previous"];
+        let lines: Vec<String> = cas
+            .trusted(now_ms())
+            .into_iter()
+            .zip(comments)
+            .map(|(ca, comment)| gatehouse_ca::public_key_line(ca.public_key(), comment))
+            .collect();
         lines.join("\n")
     }
 
@@ -263,6 +264,14 @@ impl Broker {
     /// Record an event that changes no other state (a denial, a note).
     pub async fn audit(&self, rec: AuditRecord) -> Result<String> {
         self.inner.db.audit(rec).await
+    }
+
+    /// Audit a refusal the caller has already decided on: the refusal
+    /// stands whether or not the row can be written; a failure is logged.
+    pub async fn audit_refusal(&self, rec: AuditRecord) {
+        if let Err(e) = self.audit(rec).await {
+            tracing::error!(error = %e, "could not audit a refused request");
+        }
     }
 
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {

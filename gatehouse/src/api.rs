@@ -15,6 +15,7 @@ use gatehouse_broker::hosts::NewHost;
 use gatehouse_broker::users::Role;
 use gatehouse_broker::{Actor, AuditQuery, AuditRecord, Broker, BrokerError, Outcome, parse_duration};
 use gatehouse_mcp::client_ip::ClientIp;
+pub use gatehouse_mcp::query_has_credential;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -103,25 +104,13 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-/// Refuse credentials passed in the query string (they end up in logs).
-pub fn query_has_credential(req: &Request) -> bool {
-    req.uri().query().is_some_and(|q| {
-        q.split('&').any(|kv| {
-            let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
-            matches!(k.as_str(), "token" | "access_token" | "bearer" | "api_key" | "apikey" | "auth")
-        })
-    })
-}
-
 /// Audit a request refused because it carried a credential in its query
 /// string. Neither the query nor the credential is recorded.
 pub(crate) async fn audit_query_credential(broker: &Broker, client: ClientIp, resource: &str) {
     let rec = AuditRecord::new(Actor::unknown("api client"), "api.auth", resource, Outcome::Deny)
         .reason("credentials in the query string")
         .client(client.to_string());
-    if let Err(e) = broker.audit(rec).await {
-        tracing::error!(error = %e, "could not audit a refused request");
-    }
+    broker.audit_refusal(rec).await;
 }
 
 pub(crate) async fn require_admin(
@@ -184,9 +173,7 @@ pub(crate) async fn require_admin(
     };
     let rec =
         AuditRecord::new(Actor::admin(), "api.request", what, Outcome::Deny).reason(why).client(client.to_string());
-    if let Err(e) = broker.audit(rec).await {
-        tracing::error!(error = %e, "could not audit a refused request");
-    }
+    broker.audit_refusal(rec).await;
     resp
 }
 

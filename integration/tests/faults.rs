@@ -24,10 +24,17 @@ fn database_outage_refuses_then_recovers_postgres() {
     let sshd = Sshd::start(&gh.user_ca());
     let key = UserKey::new();
     gh.ok(&["user", "add", "alice", "--ssh-key", key.public.to_str().unwrap()]);
-    gh.ok(&["host", "add", "web-1", "--address", &sshd.address(), "--group", "staging", "--host-key"]
-        .into_iter()
-        .chain([sshd.host_key_pub.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    gh.ok(&[
+        "host",
+        "add",
+        "web-1",
+        "--address",
+        &sshd.address(),
+        "--group",
+        "staging",
+        "--host-key",
+        sshd.host_key_pub.to_str().unwrap(),
+    ]);
     let login = local_login();
     gh.ok(&["grant", "add", "alice", "--host", "web-1", "--login", &login, "--ttl", "10m"]);
     let token = agent_with_token(&gh, "ops-bot", "host:read,ssh_session:request", "staging", &[]);
@@ -250,10 +257,17 @@ fn a_stalled_or_reset_target_does_not_stall_others(b: Backend) {
     let w = World::new(b);
     let login = local_login();
     let sshd2 = Sshd::start(&w.gh.user_ca());
-    w.gh.ok(&["host", "add", "web-2", "--address", &sshd2.address(), "--group", "staging", "--host-key"]
-        .into_iter()
-        .chain([sshd2.host_key_pub.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    w.gh.ok(&[
+        "host",
+        "add",
+        "web-2",
+        "--address",
+        &sshd2.address(),
+        "--group",
+        "staging",
+        "--host-key",
+        sshd2.host_key_pub.to_str().unwrap(),
+    ]);
     // web-3 accepts TCP connections and then says nothing at all.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
@@ -263,10 +277,17 @@ fn a_stalled_or_reset_target_does_not_stall_others(b: Backend) {
             held.push(c);
         }
     });
-    w.gh.ok(&["host", "add", "web-3", "--address", &silent_addr, "--group", "staging", "--host-key"]
-        .into_iter()
-        .chain([w.sshd.host_key_pub.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    w.gh.ok(&[
+        "host",
+        "add",
+        "web-3",
+        "--address",
+        &silent_addr,
+        "--group",
+        "staging",
+        "--host-key",
+        w.sshd.host_key_pub.to_str().unwrap(),
+    ]);
     for h in ["web-1", "web-2", "web-3"] {
         w.grant("alice", h, &login, "10m");
     }

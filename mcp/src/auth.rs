@@ -39,7 +39,9 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a == origin || a == "*")
 }
 
-fn query_has_credential(req: &Request) -> bool {
+/// Refuse credentials passed in the query string (they end up in proxy and
+/// access logs). Used by the MCP endpoint and the admin API alike.
+pub fn query_has_credential(req: &Request) -> bool {
     req.uri().query().is_some_and(|q| {
         q.split('&').any(|kv| {
             let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
@@ -54,9 +56,7 @@ async fn audit_anonymous(st: &McpState, client: ClientIp, path: &str, reason: &s
     let rec = AuditRecord::new(Actor::unknown("mcp client"), "mcp.auth", cap(path, 100), Outcome::Deny)
         .reason(reason.to_string())
         .client(client.to_string());
-    if let Err(e) = st.broker.audit(rec).await {
-        tracing::error!(error = %e, "could not audit a refused request");
-    }
+    st.broker.audit_refusal(rec).await;
 }
 
 /// Audit an authenticated agent's request refused at the HTTP layer.
@@ -66,9 +66,7 @@ async fn audit_refused_request(st: &McpState, p: &AgentPrincipal, path: &str, re
         .client(p.client_addr())
         .mcp_session(sid)
         .details(serde_json::json!({"auth": p.auth, "token": p.token_id}));
-    if let Err(e) = st.broker.audit(rec).await {
-        tracing::error!(error = %e, "could not audit a refused request");
-    }
+    st.broker.audit_refusal(rec).await;
 }
 
 fn json_error(status: StatusCode, msg: &str) -> Response {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub use auth::query_has_credential;
 pub mod bridge;
 pub mod client_ip;
 pub mod clients;
